@@ -1,0 +1,121 @@
+"""What ``effscale scale`` reports: one record per variant, as plain dicts (JSON-ready).
+
+Library API for notebooks too::
+
+    from effscale.scale_report import derive, official
+    derive(3)            # the phi=3 variant, its cost and the nearest official one
+    official()           # B0-B7 with implied phi per axis and the formula beside them
+"""
+
+from __future__ import annotations
+
+import math
+
+from effscale.cost import Cost, network_cost
+from effscale.scaling import (
+    PAPER_COEFFICIENTS,
+    ScalingCoefficients,
+    Variant,
+    compound,
+    implied_phi,
+    published_in_family,
+    published_variant,
+    scale_network,
+)
+
+# Flattened columns for table/CSV/Markdown output; JSON keeps everything.
+SUMMARY_COLUMNS = ["name", "source", "phi", "width", "depth", "resolution", "dropout", "params", "flops"]
+
+
+def _cost(variant: Variant) -> Cost:
+    return network_cost(scale_network(variant))
+
+
+def base_of(family: str) -> Variant:
+    return published_in_family(family)[0]
+
+
+def variant_record(variant: Variant) -> dict:
+    """The keys every output format shares: config, stages, params (1000-class top), MACs."""
+    network = scale_network(variant)
+    cost = network_cost(network)
+    return {
+        "name": variant.name,
+        "family": variant.family,
+        "source": variant.source,
+        # Full precision: record_variant() must give back the very same network.
+        "phi": variant.phi,
+        "width": variant.width_mult,
+        "depth": variant.depth_mult,
+        "resolution": variant.resolution,
+        "dropout": variant.dropout_rate,
+        "params": cost.params,
+        "flops": cost.macs,
+        "stem_filters": network.stem_filters,
+        "head_filters": network.head_filters,
+        "filters": "-".join(str(s.filters_out) for s in network.stages),
+        "repeats": "-".join(str(s.repeats) for s in network.stages),
+        "stages": [s.to_dict() for s in network.stages],
+    }
+
+
+def record_variant(record: dict) -> Variant:
+    """The Variant a record was made from (inverse of ``variant_record``)."""
+    return Variant(record["name"], record["phi"], record["width"], record["depth"],
+                   record["resolution"], record["dropout"], record["source"], record["family"])
+
+
+def nearest_official(macs: int, family: str = "efficientnet") -> Variant:
+    """The published variant whose MACs are closest on a log scale."""
+    return min(published_in_family(family), key=lambda v: abs(math.log(_cost(v).macs / macs)))
+
+
+def derive(
+    phi: float,
+    coefficients: ScalingCoefficients = PAPER_COEFFICIENTS,
+    budget: float = 2.0,
+    family: str = "efficientnet",
+) -> dict:
+    """Record of the compound variant at ``phi`` with its cost ratios and nearest official."""
+    variant = compound(phi, coefficients, family=family)
+    record = variant_record(variant)
+    base_macs = _cost(base_of(family)).macs
+    nearest = nearest_official(record["flops"], family)
+    record |= {
+        "alpha": coefficients.alpha,
+        "beta": coefficients.beta,
+        "gamma": coefficients.gamma,
+        "flops_factor": round(coefficients.flops_factor, 4),
+        "budget": budget,
+        "flops_vs_base": record["flops"] / base_macs,
+        "budget_target": budget**phi,
+        "flops_vs_target": record["flops"] / base_macs / budget**phi,
+        "nearest_official": variant_record(nearest),
+    }
+    return record
+
+
+def official(
+    coefficients: ScalingCoefficients = PAPER_COEFFICIENTS,
+    family: str = "efficientnet",
+    names: list[str] | None = None,
+) -> list[dict]:
+    """Published variants with implied phi per axis and what the formula gives at phi = index."""
+    variants = [published_variant(n) for n in names] if names else published_in_family(family)
+    records = []
+    for variant in variants:
+        base_macs = _cost(base_of(variant.family)).macs
+        record = variant_record(variant)
+        implied = implied_phi(variant, coefficients)
+        formula = variant_record(compound(variant.phi, coefficients, family=variant.family))
+        record |= {
+            "flops_vs_base": record["flops"] / base_macs,
+            "phi_depth": round(implied["depth"], 3),
+            "phi_width": round(implied["width"], 3),
+            "phi_resolution": round(implied["resolution"], 3),
+            # log2 of the MACs ratio: the phi the paper's 2^phi FLOPs rule would assign.
+            "phi_flops": round(math.log2(record["flops"] / base_macs), 3),
+            "formula": {k: formula[k] for k in SUMMARY_COLUMNS + ["filters", "repeats"]},
+        }
+        records.append(record)
+    return records
