@@ -27,6 +27,7 @@ from effscale.errors import EffscaleError
 # name -> "module:attribute"; modules are imported on first use only.
 COMMANDS = {
     "scale": "effscale.cli.scale:scale",
+    "report": "effscale.cli.report:report",
 }
 
 

@@ -1,0 +1,215 @@
+"""Run directories: the unit of work for ``grid`` and ``transfer``.
+
+A run directory holds ``manifest.json`` (written once: command, resolved config,
+versions), an ``effscale.log`` with full tracebacks, a ``.lock`` that refuses a second
+writer, and whatever the command appends. Derived output (``reports/``, ``plots/``) can
+always be rebuilt from it. No Keras here.
+
+Resume order (after big_vision): 1. the run dir exists and its manifest matches -> resume;
+2. it exists with another config -> refuse (pass a new --run-dir or --overwrite);
+3. it does not exist -> start fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from effscale import __version__
+from effscale.errors import RunDirError
+from effscale.fsutil import append_line, atomic_write_json
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+LOG = "effscale.log"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def timestamp_name(*parts: str) -> str:
+    """``20261125-091500-transfer-b0-cifar100``: sorts by time, says what ran."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return "-".join([stamp, *[p for p in parts if p]])
+
+
+def library_versions() -> dict:
+    """Versions of what is already imported (never imports anything heavy itself)."""
+    versions = {"python": platform.python_version(), "effscale": __version__}
+    for name in ("keras", "tensorflow", "jax", "torch", "numpy", "pandas", "ray"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    return versions
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG
+
+    def sub(self, *parts: str) -> Path:
+        """A path inside the run, creating its parent folders."""
+        target = self.path.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    # --- manifest -------------------------------------------------------------------------
+    def read_manifest(self) -> dict:
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(f"{self.path} is not an effscale run directory (no {MANIFEST})") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunDirError(f"{self.manifest_path} is unreadable ({exc}); it cannot be resumed") from None
+
+    def write_manifest(self, command: str, config: dict, seed: int | None = None,
+                       backend: str | None = None) -> dict:
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "effscale_version": __version__,
+            "command": command,
+            "config": config,
+            "backend": backend,
+            "versions": library_versions(),
+            "seed": seed,
+            "created_at": utc_now(),
+            "argv": sys.argv,
+        }
+        atomic_write_json(self.manifest_path, manifest)
+        return manifest
+
+    def check_manifest(self, command: str, config: dict, ignore: tuple[str, ...] = ()) -> dict:
+        """Refuse to resume a run of another command or with different settings."""
+        manifest = self.read_manifest()
+        if manifest.get("command") != command:
+            raise RunDirError(
+                f"{self.path} is an effscale {manifest.get('command')!r} run, not a {command!r} run"
+            )
+        old = {k: v for k, v in manifest.get("config", {}).items() if k not in ignore}
+        new = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ignore}
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
+            raise RunDirError(
+                f"{self.path} was created with different settings ({details}); resume with the "
+                "original settings, or pass a new --run-dir"
+            )
+        return manifest
+
+    # --- lock -----------------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        """One writer per run dir; a lock left by a dead process (kill -9) is taken over."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _pid_alive(pid):
+                    raise RunDirError(
+                        f"{self.path} is in use by process {pid}; wait for it or pass another --run-dir"
+                    ) from None
+                lock.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return
+        raise RunDirError(f"could not lock {self.path}")
+
+    def release_lock(self) -> None:
+        (self.path / LOCK).unlink(missing_ok=True)
+
+    def __enter__(self) -> RunDir:
+        self.acquire_lock()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release_lock()
+
+    # --- logging --------------------------------------------------------------------------
+    def attach_log(self) -> logging.Logger:
+        """Send the ``effscale`` logger (debug level, tracebacks included) to effscale.log."""
+        logger = logging.getLogger("effscale")
+        logger.setLevel(logging.DEBUG)
+        target = str(self.log_path.resolve())
+        if not any(getattr(h, "baseFilename", None) == target for h in logger.handlers):
+            self.path.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(target, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+        return logger
+
+    def append_jsonl(self, name: str, record: dict) -> None:
+        append_line(self.sub(name), json.dumps(record, default=str))
+
+    def read_jsonl(self, name: str) -> list[dict]:
+        """Every complete line; a truncated last line (a crash mid-write) is ignored."""
+        path = self.path / name
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+
+def prepare_run_dir(path: Path, overwrite: bool = False) -> RunDir:
+    """A fresh run dir at ``path``; refuses to clobber an existing run unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"{path} already exists; resume it with --resume {path}, pass a new --run-dir, "
+                "or --overwrite to start again"
+            )
+        if not (path / MANIFEST).exists():
+            raise RunDirError(f"refusing to --overwrite {path}: it is not an effscale run directory")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return RunDir(path)
+
+
+def open_run_dir(path: Path, command: str) -> RunDir:
+    """An existing run dir of ``command`` for --resume or report."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path} is not a directory; pass the run directory printed when the run started")
+    run = RunDir(path)
+    manifest = run.read_manifest()
+    if manifest.get("command") != command:
+        raise RunDirError(f"{path} is an effscale {manifest.get('command')!r} run, not a {command!r} run")
+    return run
