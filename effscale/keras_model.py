@@ -61,6 +61,7 @@ def _input_stem(x, input_norm: str):
     if input_norm == "imagenet":
         # Same values the Keras ImageNet checkpoint stores in this layer.
         norm.set_weights([np.array(IMAGENET_MEAN_RGB), np.array(IMAGENET_STDDEV_RGB), np.array(0)])
+        norm.finalize_state()  # call() reads tensors cached from the variables at build time
         x = layers.Rescaling([1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB], name="rescaling_1")(x)
     return x
 
@@ -197,3 +198,15 @@ def check_input_range(images, pretrained: bool) -> None:
         if pretrained:
             raise InputRangeError(message)
         warnings.warn(message, stacklevel=2)
+
+
+def set_model_weights(model: keras.Model, weights) -> None:
+    """``model.set_weights`` that also refreshes Normalization's cached mean/variance.
+
+    Keras's Normalization layer caches tensors from its variables; ``set_weights`` alone
+    leaves the input normalisation stale (``load_weights`` refreshes it, this mirrors that).
+    """
+    model.set_weights(weights)
+    for layer in model.layers:
+        if isinstance(layer, layers.Normalization):
+            layer.finalize_state()

@@ -37,7 +37,7 @@ def run_cli():
 
     def invoke(*args: str):
         runner = CliRunner()
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        result = runner.invoke(cli, list(args), prog_name="effscale", catch_exceptions=False)
         return result.exit_code, result.stdout, result.stderr
 
     return invoke

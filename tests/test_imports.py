@@ -1,0 +1,27 @@
+"""The core must stay importable without Keras/TensorFlow (fast `scale`, `report`)."""
+
+import subprocess
+import sys
+
+CORE = ["errors", "arch", "scaling", "cost", "schemas", "scale_report", "console", "store", "fsutil", "cli",
+        "cli.scale", "cli.report"]
+OPTIONAL_CORE = ["search", "config", "reports", "plots", "trials", "grid_report", "transfer_report", "grid_config"]
+
+
+def _loaded_heavy(code: str) -> str:
+    probe = code + "\nimport sys; print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_core_modules_do_not_import_keras():
+    import importlib.util
+
+    names = CORE + [m for m in OPTIONAL_CORE if importlib.util.find_spec(f"effscale.{m}")]
+    imports = "\n".join(f"import effscale.{m}" for m in names)
+    assert _loaded_heavy(imports) == "[]"
+
+
+def test_scale_command_does_not_import_keras():
+    code = ("from click.testing import CliRunner\nfrom effscale.cli import cli\n"
+            "r = CliRunner().invoke(cli, ['scale', '--all', '--format', 'json'])\nassert r.exit_code == 0, r.output")
+    assert _loaded_heavy(code) == "[]"
