@@ -128,7 +128,8 @@ def _check_build(records: list[dict]) -> None:
               help="FLOPs multiplier per step of phi that alpha*beta^2*gamma^2 should match.")
 @click.option("--from", "from_path", type=click.Path(path_type=Path), metavar="PATH",
               help="Coefficients JSON (docs/schemas.md) or an effscale grid run directory.")
-@click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True,
+              help="table (rich), or json/csv/markdown on stdout for scripts.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the variant config as JSON (for effscale transfer --variant FILE).")
 @click.option("--build", is_flag=True, help="Build the Keras model and check its parameter count.")
