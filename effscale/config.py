@@ -1,0 +1,284 @@
+"""Frozen run configs, recipes and presets, with a JSON round-trip. No Keras here.
+
+A transfer run is fully described by one ``TransferConfig``. Defaults live on the
+dataclass and *are* the ``default`` recipe; other recipes and presets are named sets of
+overrides, applied in this order (later wins)::
+
+    dataclass defaults (recipe "default") < --recipe < --preset < explicit flags
+
+``resolve_transfer_config`` does exactly that and validates the result, so the trainer
+never reads a setting that was not checked. docs/transfer.md explains every default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from effscale.errors import ConfigError
+
+STRATEGIES = ("full", "top-blocks", "linear-probe", "last-layers")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("cosine", "constant", "exponential", "inverse-time")
+POOLINGS = ("avg", "max")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+INPUT_CHECKS = ("error", "warn")
+MIN_IMAGE_SIZE = 32  # five stride-2 stages: 32 px leaves a 1x1 feature map
+
+CONFIG_SCHEMA = "effscale/transfer-config@1"
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Everything a transfer run depends on. Defaults = the ``default`` recipe."""
+
+    recipe: str = "default"
+    preset: str | None = None
+    # model
+    variant: str = "b0"
+    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    image_size: int | None = None  # None: the variant's own resolution (224 for b0)
+    pooling: str = "avg"
+    dropout: float = 0.2
+    # data
+    dataset: str = "cifar100"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    limit_train: int | None = None
+    limit_val: int | None = None
+    augment: tuple[str, ...] = ("flip", "crop")
+    # strategy
+    strategy: str = "full"
+    blocks: int = 2  # top-blocks: how many blocks from the top are trained
+    last_layers: int = 4  # last-layers: how many layers from the output are trained (seed recipe)
+    warmup_epochs: int = 2  # full: epochs of head-only training before unfreezing
+    freeze_bn: bool | None = None  # None: frozen (inference mode) iff weights are pretrained
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3  # head / first phase
+    finetune_learning_rate: float = 1e-4  # second phase of full, and top-blocks
+    schedule: str = "cosine"
+    lr_decay: float = 0.0  # inverse-time: lr / (1 + decay * step); exponential: unused
+    decay_rate: float = 0.97  # exponential: multiply by this ...
+    decay_epochs: float = 2.4  # ... every this many epochs
+    momentum: float = 0.9  # sgd and rmsprop
+    rho: float = 0.9  # rmsprop
+    epsilon: float = 1e-7  # adam/rmsprop epsilon
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    precision: str = "float32"
+    input_check: str = "error"  # pretrained weights + 0-1 inputs: refuse (error) or warn
+    seed: int = 0
+
+    # --- JSON round-trip -----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["augment"] = list(self.augment)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TransferConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a transfer config must be a JSON object, got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if k != "schema"}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown transfer config key(s): {', '.join(unknown)}")
+        if "augment" in data:
+            data["augment"] = tuple(data["augment"] or ())
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": CONFIG_SCHEMA, **self.to_dict()}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> TransferConfig:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"transfer config is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+    # --- derived values ------------------------------------------------------------------
+    @property
+    def pretrained(self) -> bool:
+        return self.weights.lower() != "none"
+
+    @property
+    def bn_frozen(self) -> bool:
+        """BatchNorm in inference mode: yes for pretrained weights (their statistics are good
+        and small fine-tuning batches would wreck them), no from scratch (nothing to keep)."""
+        return self.pretrained if self.freeze_bn is None else self.freeze_bn
+
+    def phases(self) -> list[tuple[str, int, int]]:
+        """``[(phase, first_epoch, end_epoch)]``; epochs are 0-based and global."""
+        if self.strategy == "full" and self.pretrained and 0 < self.warmup_epochs < self.epochs:
+            return [("head", 0, self.warmup_epochs), ("all", self.warmup_epochs, self.epochs)]
+        phase = {"full": "all", "top-blocks": "top-blocks", "linear-probe": "head",
+                 "last-layers": "last-layers"}[self.strategy]
+        return [(phase, 0, self.epochs)]
+
+    def phase_learning_rate(self, phase: str) -> float:
+        if phase == "head" or phase == "last-layers":
+            return self.learning_rate
+        if phase == "all" and not (self.strategy == "full" and self.pretrained and self.warmup_epochs > 0):
+            return self.learning_rate  # one phase only (from scratch, or no warm-up)
+        return self.finetune_learning_rate
+
+    # --- validation ----------------------------------------------------------------------
+    def validate(self) -> TransferConfig:
+        def choice(name, options):
+            value = getattr(self, name)
+            if value not in options:
+                raise ConfigError(f"{name.replace('_', '-')} must be one of {', '.join(options)}, got {value!r}")
+
+        choice("strategy", STRATEGIES)
+        choice("optimizer", OPTIMIZERS)
+        choice("schedule", SCHEDULES)
+        choice("pooling", POOLINGS)
+        choice("precision", PRECISIONS)
+        choice("input_check", INPUT_CHECKS)
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        for name in ("epochs", "batch_size", "blocks", "last_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(
+                f"image size {self.image_size} is below {MIN_IMAGE_SIZE}: five stride-2 stages would shrink "
+                f"it below one pixel; pass --image-size {MIN_IMAGE_SIZE} or more"
+            )
+        if not 0 <= self.warmup_epochs:
+            raise ConfigError(f"warmup epochs must be >= 0, got {self.warmup_epochs}")
+        for name in ("learning_rate", "finetune_learning_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name.replace('_', ' ')} must be a positive number, got {value}")
+        for name, low, high in (("dropout", 0, 1), ("label_smoothing", 0, 1), ("momentum", 0, 1),
+                                ("rho", 0, 1), ("decay_rate", 0, 1.0000001)):
+            value = getattr(self, name)
+            if not low <= value < high:
+                raise ConfigError(f"{name.replace('_', ' ')} must be in [{low}, {high}), got {value}")
+        for name in ("lr_decay", "weight_decay", "epsilon"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
+        if self.decay_epochs <= 0:
+            raise ConfigError(f"decay epochs must be positive, got {self.decay_epochs}")
+        for name in ("limit_train", "limit_val"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {value}")
+        from effscale.data import check_augment
+
+        check_augment(self.augment)  # linear-probe ignores augmentation (features are computed once)
+        return self
+
+
+# --- recipes --------------------------------------------------------------------------------
+RECIPES: dict[str, dict] = {
+    # The working recipe: field defaults above (docs/transfer.md says why).
+    "default": {},
+    # The student group's exact settings (issue #3): B0 + ImageNet weights, GlobalMaxPooling,
+    # Dropout, Dense(100, softmax), only the last 4 layers trainable, RMSProp lr 0.0064 with
+    # Keras-2 style decay 1e-6 per step, batch 128, 20 epochs, images upsampled 32 -> 224,
+    # augmentation normalize (/255, training batches only) + flip + rotation + zoom,
+    # train = the 50,000 training images, validation = the 10,000 others.
+    "seed": {
+        "variant": "b0",
+        "weights": "imagenet",
+        "dataset": "cifar100",
+        "image_size": 224,
+        "pooling": "max",
+        "dropout": 0.2,
+        "strategy": "last-layers",
+        "last_layers": 4,
+        "optimizer": "rmsprop",
+        "learning_rate": 0.0064,
+        "schedule": "inverse-time",
+        "lr_decay": 1e-6,
+        "rho": 0.9,
+        "momentum": 0.0,
+        "epsilon": 1e-7,
+        "batch_size": 128,
+        "epochs": 20,
+        "augment": ("normalize", "flip", "rotate", "zoom"),
+        "label_smoothing": 0.0,
+        "input_check": "warn",
+    },
+    # The paper's optimiser (Tan & Le 2019, sec. 5.2): RMSProp decay 0.9, momentum 0.9,
+    # epsilon 1e-3 (TF's), lr 0.256 at batch 4096 (0.016 per 256 images) decayed by 0.97
+    # every 2.4 epochs, weight decay 1e-5. Applied to the fine-tuning phase.
+    "paper": {
+        "optimizer": "rmsprop",
+        "rho": 0.9,
+        "momentum": 0.9,
+        "epsilon": 1e-3,
+        "learning_rate": 0.016 * 64 / 256,
+        "finetune_learning_rate": 0.016 * 64 / 256,
+        "schedule": "exponential",
+        "decay_rate": 0.97,
+        "decay_epochs": 2.4,
+        "weight_decay": 1e-5,
+        "label_smoothing": 0.1,
+    },
+}
+
+PRESETS: dict[str, dict] = {
+    # Seconds, not hours: a few hundred 32 px synthetic images, two short epochs, no download.
+    "smoke": {
+        "dataset": "synthetic",
+        "weights": "none",
+        "image_size": 32,
+        "limit_train": 256,
+        "limit_val": 128,
+        "epochs": 2,
+        "warmup_epochs": 1,
+        "batch_size": 32,
+    },
+}
+
+
+def resolve_transfer_config(recipe: str = "default", preset: str | None = None, base: TransferConfig | None = None,
+                            **overrides) -> TransferConfig:
+    """Recipe, then preset, then explicit overrides (``None`` values are ignored)."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = base or TransferConfig()
+    config = replace(config, recipe=recipe, preset=preset, **RECIPES[recipe])
+    if preset is not None:
+        config = replace(config, **PRESETS[preset])
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # The paper's learning rate scales with the batch (0.016 per 256 images) unless given.
+    if recipe == "paper" and "batch_size" in given:
+        scaled = 0.016 * given["batch_size"] / 256
+        config = replace(config, learning_rate=scaled, finetune_learning_rate=scaled)
+    known = {f.name for f in fields(TransferConfig)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"unknown transfer setting(s): {', '.join(unknown)}")
+    if "augment" in given:
+        given["augment"] = tuple(given["augment"])
+    return replace(config, **given).validate()
+
+
+def read_transfer_config(path) -> TransferConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read transfer config {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"transfer config {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if isinstance(data, dict) and "config" in data and "command" in data:
+        data = data["config"]  # a run's manifest.json works too
+    return TransferConfig.from_dict(data).validate()
