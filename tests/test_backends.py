@@ -33,15 +33,23 @@ def _run(backend: str, source, target):
     return np.load(target)
 
 
+@pytest.fixture(scope="module")
+def tensorflow_reference(tmp_path_factory):
+    """Random weights, an input and the TensorFlow outputs, saved for the other backend."""
+    folder = tmp_path_factory.mktemp("backends")
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.savez(folder / "in.npz", x=x)
+    reference = _run("tensorflow", folder / "in.npz", folder / "tf.npz")
+    weights = {k: reference[k] for k in reference.files if k.startswith("w")}
+    np.savez(folder / "in2.npz", x=x, **weights)
+    return folder / "in2.npz", reference["y"]
+
+
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_same_outputs_as_tensorflow(backend, tmp_path):
+def test_same_outputs_as_tensorflow(backend, tmp_path, request):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install {backend}) - TensorFlow-only machine")
-    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    np.savez(tmp_path / "in.npz", x=x)
-    reference = _run("tensorflow", tmp_path / "in.npz", tmp_path / "tf.npz")
-    weights = {k: reference[k] for k in reference.files if k.startswith("w")}
-    np.savez(tmp_path / "in2.npz", x=x, **weights)
-    other = _run(backend, tmp_path / "in2.npz", tmp_path / "other.npz")
+    source, expected = request.getfixturevalue("tensorflow_reference")
+    other = _run(backend, source, tmp_path / "other.npz")
     assert str(other["backend"]) == backend
-    np.testing.assert_allclose(other["y"], reference["y"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(other["y"], expected, rtol=1e-4, atol=1e-5)
