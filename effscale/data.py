@@ -321,7 +321,10 @@ def _decode(blob: bytes, label: str) -> np.ndarray:
             if image.mode != "RGB":
                 image = image.convert("RGB")
             return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        raise DatasetError(f"cannot decode image {label} (not a recognised image format); remove or replace "
+                           "that file") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"cannot decode image {label} ({exc}); remove or replace that file") from None
 
 

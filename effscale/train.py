@@ -178,8 +178,10 @@ def build_transfer_model(config: TransferConfig, spec, native_shape, num_classes
     inputs, x = resizing_inputs(native_shape, image_size)
     x = backbone(x)
     x = keras.layers.Dropout(config.dropout, name=HEAD_LAYERS[0])(x)
+    # Zero-initialised head (big_vision's head_zeroinit): the first loss is exactly ln(classes)
+    # and the first updates cannot push large random logits back through a pretrained backbone.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=HEAD_LAYERS[1],
-                                 kernel_initializer=keras.initializers.VarianceScaling(1 / 3, "fan_out", "uniform"))(x)
+                                 kernel_initializer="zeros")(x)
     return keras.Model(inputs, outputs, name="transfer"), backbone
 
 
@@ -374,7 +376,7 @@ class EpochCallback(keras.callbacks.Callback):
         self.t_val = None
         self.lr = current_lr(self.model.optimizer)  # the rate the epoch starts with
         if self.progress is not None:
-            desc = f"epoch {epoch + 1}/{self.total_epochs} [{self.phase}]"
+            desc = f"epoch {epoch + 1}/{self.total_epochs} ({self.phase})"
             if self.task is None:
                 self.task = self.progress.add_task(desc, total=self.steps)
             self.progress.reset(self.task, total=self.steps, description=desc)
@@ -388,7 +390,7 @@ class EpochCallback(keras.callbacks.Callback):
         if self.progress is not None and self.task is not None:
             acc = logs.get("accuracy")
             self.progress.update(self.task, advance=1, description=(
-                f"epoch {self.epoch_index() + 1}/{self.total_epochs} [{self.phase}] "
+                f"epoch {self.epoch_index() + 1}/{self.total_epochs} ({self.phase}) "
                 f"loss {float(loss or 0):.3f} acc {100 * float(acc or 0):.1f}%"))
 
     def epoch_index(self) -> int:
@@ -431,7 +433,7 @@ class EpochCallback(keras.callbacks.Callback):
         }
         self.ckpt.commit(self.save_model, row)
         console.info(
-            f"epoch {epoch + 1}/{self.total_epochs} [{self.phase}] loss {row['loss']:.4f} "
+            f"epoch {epoch + 1}/{self.total_epochs} ({self.phase}) loss {row['loss']:.4f} "
             f"acc {100 * row['accuracy']:.1f}% val_loss {row['val_loss']:.4f} "
             f"val_acc {100 * row['val_accuracy']:.1f}% top5 {100 * row['val_top5']:.1f}% "
             f"{row['images_per_s'] or 0:.0f} img/s"

@@ -116,16 +116,18 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
         from effscale.errors import WeightsError
 
         raise WeightsError(f"weights file {config.weights} does not exist; pass --weights imagenet, none or a file path")
-    from effscale import train, transfer_report  # imports Keras
+    from effscale.data import load_dataset
 
-    data = train.load_config_dataset(config)
-
+    console.info(f"loading dataset {config.dataset} ...")
+    data = load_dataset(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
+                        limit_train=config.limit_train, limit_val=config.limit_val, seed=config.seed)
     if resume_dir is None:
         from effscale.data import dataset_label
 
         variant_label = Path(config.variant).stem if config.variant.endswith(".json") else config.variant
         path = run_dir or Path("runs") / timestamp_name("transfer", variant_label, dataset_label(config.dataset))
         run = prepare_run_dir(path, overwrite=overwrite)
+    from effscale import train, transfer_report  # imports Keras
     state.log_path = run.log_path
     state.resume_hint = f"effscale transfer --resume {run.path}"
     fresh = resume_dir is None
