@@ -463,9 +463,9 @@ def guess_variants(state: dict[str, np.ndarray]) -> list[str]:
             if _expected_shapes(expected_targets(scale_network(variant), classes)) == shapes]
 
 
-def _spec_of(spec: NetworkSpec | str) -> tuple[str, NetworkSpec]:
+def _spec_of(spec: NetworkSpec | str, name: str | None = None) -> tuple[str, NetworkSpec]:
     if isinstance(spec, NetworkSpec):
-        return "the model", spec
+        return name or "the model", spec
     from effscale.scaling import published_variant, scale_network
 
     variant = published_variant(spec)
@@ -476,9 +476,12 @@ def _fmt_shape(shape) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
-def check_architecture(state: dict[str, np.ndarray], spec: NetworkSpec | str) -> list[Target]:
-    """The targets to load (head included when the checkpoint has one); WeightsError on any mismatch."""
-    label, network = _spec_of(spec)
+def check_architecture(state: dict[str, np.ndarray], spec: NetworkSpec | str, name: str | None = None) -> list[Target]:
+    """The targets to load (head included when the checkpoint has one); WeightsError on any mismatch.
+
+    ``name`` labels a NetworkSpec in messages (``"lite0"``); a variant name labels itself.
+    """
+    label, network = _spec_of(spec, name)
     classes = checkpoint_classes(state)
     targets = expected_targets(network, classes)
     expected = _expected_shapes(targets)
@@ -526,9 +529,10 @@ def convert(target: Target, state: dict[str, np.ndarray]) -> list[np.ndarray]:
     raise ValueError(target.kind)
 
 
-def load_state_dict(model, state: dict[str, np.ndarray], spec: NetworkSpec | str, source: str = "checkpoint") -> dict:
+def load_state_dict(model, state: dict[str, np.ndarray], spec: NetworkSpec | str, source: str = "checkpoint",
+                    name: str | None = None) -> dict:
     """Set ``state`` on ``model`` (built from ``spec``); see ``load_pretrained``."""
-    targets = check_architecture(state, spec)
+    targets = check_architecture(state, spec, name)
     layers = {layer.name: layer for layer in model.layers}
     loaded, head = 0, "none in checkpoint"
     for target in targets:
@@ -557,7 +561,20 @@ def load_state_dict(model, state: dict[str, np.ndarray], spec: NetworkSpec | str
             "tensors": sum(len(t.shapes) for t in targets), "head": head}
 
 
-def load_pretrained(model, weights: str | Path, spec: NetworkSpec | str) -> dict:
+def read_checked(weights: str | Path, spec: NetworkSpec | str, name: str | None = None) -> tuple[dict, str]:
+    """``(state, description)`` of ``weights`` once it is known to fit ``spec``: the cheap
+    check a command runs before it builds a model or creates a run directory."""
+    path, description = resolve_weights(weights)
+    label = name or (spec if isinstance(spec, str) else "this model")
+    if isinstance(spec, NetworkSpec) and spec.input_norm != "lite" and _registry_key(str(weights)) in REGISTRY:
+        raise WeightsError(f"weights {weights!r} are EfficientNet-Lite weights and do not fit {label}; "
+                           "use them with a lite variant (lite0-lite2)")
+    state = read_state_dict(path)
+    check_architecture(state, spec, name)
+    return state, description
+
+
+def load_pretrained(model, weights: str | Path, spec: NetworkSpec | str, name: str | None = None) -> dict:
     """Load ``weights`` (``"lite0"``/``"lite1"``/``"lite2"`` or a ``.pth`` path) into ``model``.
 
     ``model`` must be built by ``effscale.keras_model.build_model`` from ``spec`` (a
@@ -565,10 +582,8 @@ def load_pretrained(model, weights: str | Path, spec: NetworkSpec | str) -> dict
     with or without the top. A classifier whose size differs from the checkpoint's
     (transfer to 10 classes) keeps its fresh initialisation. Raises ``WeightsError``
     (one line) for unknown names, missing packages, unreadable or unsafe files and
-    checkpoints of another architecture; returns a summary dict.
+    checkpoints of another architecture; returns a summary dict. ``name`` (e.g. "lite0")
+    labels a NetworkSpec in error messages.
     """
-    path, description = resolve_weights(weights)
-    if isinstance(spec, NetworkSpec) and spec.input_norm != "lite" and _registry_key(str(weights)) in REGISTRY:
-        raise WeightsError(f"weights {weights!r} are EfficientNet-Lite weights; use them with a lite variant")
-    state = read_state_dict(path)
-    return load_state_dict(model, state, spec, description)
+    state, description = read_checked(weights, spec, name)
+    return load_state_dict(model, state, spec, description, name)

