@@ -92,7 +92,9 @@ def imagenet_weights_file(variant: str) -> Path:
 
 def _load_h5(backbone, path: Path, name: str) -> None:
     try:
-        backbone.load_weights(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns per skipped layer before it raises
+            backbone.load_weights(str(path))
     except Exception as exc:  # noqa: BLE001 - Keras raises ValueError/KeyError/OSError variously
         raise WeightsError(
             f"weights file {path} does not fit {name} ({_one_line(exc)[:160]}); it was probably saved "
@@ -111,6 +113,13 @@ def _load_keras_file(backbone, path: Path, name: str) -> None:
     except ValueError:
         pass
     by_name = {layer.name: layer for layer in source.layers}
+    mine_names = {layer.name for layer in backbone.layers}
+    extra = [layer.name for layer in source.layers if layer.weights and layer.name not in mine_names]
+    if extra:
+        raise WeightsError(
+            f"weights file {path} is for another architecture: it has {len(extra)} weighted layers that {name} "
+            f"lacks (e.g. {extra[0]}), so it is a deeper or different network"
+        )
     copied = 0
     for layer in backbone.layers:
         if not layer.weights:

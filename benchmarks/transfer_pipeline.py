@@ -1,0 +1,200 @@
+"""Transfer input pipeline and linear-probe benchmarks (issue #3, section 8). Prints ratios.
+
+    python benchmarks/transfer_pipeline.py                  # all three, a few CPU minutes
+    python benchmarks/transfer_pipeline.py efficiency probe  # a subset
+
+1. efficiency: end-to-end ``model.fit`` throughput on effscale's pipeline (uint8 native
+   32x32 arrays -> tf.data gather/augment/prefetch -> in-model Resizing) divided by bare
+   ``train_on_batch`` throughput on one ready batch of the same shape, same model, same batch.
+2. group: effscale's pipeline against the student group's approach (images upsampled to
+   the training size up front as float32 arrays, augmentation in Python per image, fed from
+   a Python generator): speed ratio and peak-memory ratio, each in its own subprocess.
+3. probe: ``--strategy linear-probe`` (features computed once, head trained on them)
+   against running the frozen backbone every epoch (``last-layers 2``), 5 epochs each,
+   through ``effscale.train.transfer`` with real run directories.
+
+Real CIFAR-10 images from ../shared/data (EFFSCALE_SHARED_DATA) when present, synthetic
+otherwise. Timings on a shared CPU are noisy: compare ratios from one run only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EFFSCALE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def dataset(n_train: int, n_val: int = 256):
+    from effscale.data import load_dataset
+
+    tar = SHARED / "cifar10-jpeg.tar.gz"
+    name = str(tar) if tar.is_file() else "synthetic"
+    return load_dataset(name, limit_train=n_train, limit_val=n_val, seed=0)
+
+
+def model_for(image_size: int, num_classes: int = 10):
+    from effscale.config import TransferConfig
+    from effscale.schemas import resolve_network
+    from effscale.train import build_transfer_model, compile_model, make_optimizer
+
+    config = TransferConfig(weights="none", image_size=image_size, label_smoothing=0.0)
+    _, spec = resolve_network("b0")
+    model, _ = build_transfer_model(config, spec, (32, 32, 3), num_classes, image_size)
+    compile_model(model, config, make_optimizer(config, "all", 100, 1), num_classes)
+    return model
+
+
+# --- 1. pipeline efficiency --------------------------------------------------------------
+def efficiency(image_size=64, batch=64, steps=30, warmup=5) -> dict:
+    import numpy as np
+
+    from effscale.data import make_batches
+
+    data = dataset(batch * (steps + warmup))
+    model = model_for(image_size)
+    x = data.x_train[:batch].astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[data.y_train[:batch]]
+    for _ in range(warmup):
+        model.train_on_batch(x, y)
+    t = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    bare = batch * steps / (time.perf_counter() - t)
+
+    ds = make_batches(data.x_train, data.y_train, batch_size=batch, num_classes=10, training=True,
+                      augment=("flip", "crop"))
+    model.fit(ds.take(warmup), epochs=1, verbose=0)
+    t = time.perf_counter()
+    model.fit(ds.take(steps), epochs=1, verbose=0)
+    e2e = batch * steps / (time.perf_counter() - t)
+    return {"image_size": image_size, "batch": batch, "bare_train_on_batch_img_s": round(bare, 1),
+            "pipeline_fit_img_s": round(e2e, 1), "efficiency": round(e2e / bare, 3)}
+
+
+# --- 2. against the group's approach -----------------------------------------------------
+def _group_child(n: int, image_size: int, batch: int) -> dict:
+    """Pre-upsampled float32 arrays + per-image Python augmentation, fed by a generator."""
+    import numpy as np
+    import tensorflow as tf
+    from scipy import ndimage
+
+    data = dataset(n)
+    model = model_for(image_size)
+    t0 = time.perf_counter()
+    up = np.empty((n, image_size, image_size, 3), np.float32)  # what "upsample to 224 first" costs
+    for i in range(0, n, 256):
+        up[i:i + 256] = tf.image.resize(data.x_train[i:i + 256], (image_size, image_size)).numpy()
+    prep = time.perf_counter() - t0
+    labels = np.eye(10, dtype=np.float32)[data.y_train]
+    rng = np.random.default_rng(0)
+
+    def augment(img):
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        img = ndimage.rotate(img, rng.uniform(-15, 15), reshape=False, order=1, mode="reflect")
+        zoom = rng.uniform(0.9, 1.1)
+        zoomed = ndimage.zoom(img, (zoom, zoom, 1), order=1)
+        out = np.zeros_like(img)
+        h = min(img.shape[0], zoomed.shape[0])
+        out[:h, :h] = zoomed[:h, :h]
+        return out
+
+    def batches():
+        while True:
+            order = rng.permutation(n)
+            for i in range(0, n - batch + 1, batch):
+                idx = order[i:i + batch]
+                yield np.stack([augment(up[j]) for j in idx]), labels[idx]
+
+    gen = batches()
+    steps = n // batch
+    model.fit(gen, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up: tracing
+    t = time.perf_counter()
+    model.fit(gen, steps_per_epoch=steps, epochs=1, verbose=0)
+    rate = steps * batch / (time.perf_counter() - t)
+    return {"img_s": rate, "prep_s": prep, "array_bytes": int(up.nbytes)}
+
+
+def _ours_child(n: int, image_size: int, batch: int) -> dict:
+    from effscale.data import make_batches
+
+    data = dataset(n)
+    model = model_for(image_size)
+    ds = make_batches(data.x_train, data.y_train, batch_size=batch, num_classes=10, training=True,
+                      augment=("flip", "rotate", "zoom"))
+    steps = n // batch
+    model.fit(ds.take(2), epochs=1, verbose=0)
+    t = time.perf_counter()
+    model.fit(ds.take(steps), epochs=1, verbose=0)
+    rate = steps * batch / (time.perf_counter() - t)
+    return {"img_s": rate, "prep_s": 0.0, "array_bytes": int(data.x_train.nbytes)}
+
+
+def _child(kind: str, n: int, image_size: int, batch: int) -> None:
+    result = (_group_child if kind == "group" else _ours_child)(n, image_size, batch)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def group(n=1024, image_size=128, batch=32) -> dict:
+    results = {}
+    for kind in ("ours", "group"):
+        out = subprocess.run([sys.executable, __file__, "--child", kind, str(n), str(image_size), str(batch)],
+                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"{kind} child failed:\n{out.stderr[-2000:]}")
+        results[kind] = json.loads(line[7:])
+    ours, theirs = results["ours"], results["group"]
+    return {"images": n, "image_size": image_size, "batch": batch,
+            "ours_img_s": round(ours["img_s"], 1), "group_img_s": round(theirs["img_s"], 1),
+            "speed_ratio": round(ours["img_s"] / theirs["img_s"], 2),
+            "group_upsample_s": round(theirs["prep_s"], 1),
+            "ours_peak_rss_mb": round(ours["peak_rss_mb"]), "group_peak_rss_mb": round(theirs["peak_rss_mb"]),
+            "peak_memory_ratio_group_over_ours": round(theirs["peak_rss_mb"] / ours["peak_rss_mb"], 2),
+            "dataset_array_ratio_group_over_ours": round(theirs["array_bytes"] / ours["array_bytes"], 1)}
+
+
+# --- 3. linear probe ---------------------------------------------------------------------
+def probe(n=2048, n_val=512, image_size=64, epochs=5) -> dict:
+    from effscale.config import resolve_transfer_config
+    from effscale.store import RunDir
+    from effscale.train import transfer
+
+    data = dataset(n, n_val)
+    times = {}
+    for label, strategy in (("linear_probe", "linear-probe"), ("frozen_backbone", "last-layers")):
+        config = resolve_transfer_config(weights="none", strategy=strategy, last_layers=2, image_size=image_size,
+                                         epochs=epochs, batch_size=64, augment=(), schedule="constant")
+        with tempfile.TemporaryDirectory() as tmp:
+            run = RunDir(Path(tmp))
+            t = time.perf_counter()
+            metrics = transfer(config, run, progress=False, data=data)
+            times[label] = time.perf_counter() - t
+            times[label + "_top1"] = metrics["top1"]
+    return {"train_images": n, "val_images": n_val, "image_size": image_size, "epochs": epochs,
+            "linear_probe_s": round(times["linear_probe"], 1), "frozen_backbone_s": round(times["frozen_backbone"], 1),
+            "speedup": round(times["frozen_backbone"] / times["linear_probe"], 2)}
+
+
+def main(argv: list[str]) -> None:
+    if argv and argv[0] == "--child":
+        _child(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
+        return
+    chosen = argv or ["efficiency", "group", "probe"]
+    for name in chosen:
+        result = {"efficiency": efficiency, "group": group, "probe": probe}[name]()
+        print(json.dumps({name: result}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main(sys.argv[1:])

@@ -1,0 +1,233 @@
+"""Training end to end on a tiny variant (seconds per run): run dir, resume after kill -9,
+strategies, guards and weights. All @slow: they build Keras models and train."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from effscale.arch import NetworkSpec, StageSpec
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FILES = ["manifest.json", "history.csv", "metrics.json", "effscale.log", "checkpoints/last.keras",
+             "checkpoints/best.keras", "checkpoints/state.json", "reports/summary.csv", "reports/summary.md",
+             "reports/summary.json", "reports/history.csv", "reports/per_class.csv", "reports/confused_pairs.csv",
+             "plots/transfer_curves.png"]
+METRIC_KEYS = ["top1", "top5", "loss", "confusion", "train_images_per_s", "wall_time_s", "params", "macs"]
+
+
+def tiny_network(width: int = 8) -> NetworkSpec:
+    return NetworkSpec(
+        stem_filters=width,
+        stages=(StageSpec(3, 1, width, width, 1, 1), StageSpec(3, 2, width, 2 * width, 2, 2)),
+        head_filters=4 * width, resolution=32, dropout_rate=0.0, drop_connect_rate=0.0,
+    )
+
+
+def write_variant(path: Path, width: int = 8) -> Path:
+    path.write_text(json.dumps({"schema": "effscale/variant@1", "name": f"tiny{width}",
+                                "network": tiny_network(width).to_dict()}))
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    return write_variant(tmp_path / "tiny.json")
+
+
+def base_args(tiny: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["transfer", "--preset", "smoke", "--variant", str(tiny), "--run-dir", str(run_dir), "--no-progress",
+            "--limit-train", "192", "--limit-val", "64", *extra]
+
+
+def test_run_writes_the_whole_run_dir(run_cli, tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(*base_args(tiny, run_dir, "--epochs", "2", "--format", "json"))
+    assert code == 0, err
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["command"] == "transfer" and manifest["backend"] == "tensorflow"
+    assert manifest["config"]["epochs"] == 2 and manifest["config"]["dataset"] == "synthetic"
+    assert "keras" in manifest["versions"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert all(metrics[k] is not None for k in METRIC_KEYS)
+    assert np.array(metrics["confusion"]).sum() == 64 and metrics["epochs_done"] == 2
+    assert json.loads(out)["summary"][0]["status"] == "complete"
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history] == ["epoch", "1", "2"]
+    # The report command rebuilds the same files from the run dir.
+    (run_dir / "reports" / "summary.csv").unlink()
+    code, _, _ = run_cli("report", str(run_dir), "--format", "csv")
+    assert code == 0 and (run_dir / "reports" / "summary.csv").is_file()
+
+
+def _wait_for_epoch(run_dir: Path, epoch: int, proc, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    state = run_dir / "checkpoints" / "state.json"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()}")
+        try:
+            if json.loads(state.read_text())["epoch"] >= epoch:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no epoch committed in time")
+
+
+def test_kill_9_then_resume_keeps_every_epoch_once(run_cli, tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    args = base_args(tiny, run_dir, "--epochs", "4", "--limit-train", "640", "--schedule", "cosine")
+    proc = subprocess.Popen([sys.executable, "-m", "effscale", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_epoch(run_dir, 1, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    killed_at = json.loads((run_dir / "checkpoints" / "state.json").read_text())["epoch"]
+    assert 1 <= killed_at < 4
+    code, _, err = run_cli("transfer", "--resume", str(run_dir), "--no-progress")
+    assert code == 0, err
+    assert f"resuming {run_dir} after epoch {killed_at}/4" in err
+    lines = (run_dir / "history.csv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    # The optimizer state came back: the cosine schedule continues where it stopped.
+    lr0, steps = 1e-3, math.ceil(640 / 32)
+    for r in rows:
+        step = (int(r["epoch"]) - 1) * steps
+        assert float(r["lr"]) == pytest.approx(lr0 * 0.5 * (1 + math.cos(math.pi * step / (4 * steps))), rel=1e-4)
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_done"] == 4
+    # Resuming a finished run changes nothing.
+    code, _, err = run_cli("transfer", "--resume", str(run_dir), "--no-progress")
+    assert code == 0 and (run_dir / "history.csv").read_text().splitlines() == lines
+
+
+def test_commit_interrupted_after_state_is_finished_on_resume(tmp_path):
+    from effscale.store import RunDir
+    from effscale.train import Checkpointer
+
+    run = RunDir(tmp_path)
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    row = {"epoch": 1, "phase": "all", "loss": 1.0}
+    (ckpt / "state.json").write_text(json.dumps({"epoch": 2, "history": [row, {**row, "epoch": 2}]}))
+    (ckpt / "last.keras").write_text("epoch 1")
+    (ckpt / ".epoch-2.keras").write_text("epoch 2")  # killed between the commit and the rename
+    (ckpt / ".epoch-3.keras").write_text("half")  # killed while saving epoch 3
+    restored = Checkpointer.restore(run)
+    assert restored.epochs_done == 2
+    assert (ckpt / "last.keras").read_text() == "epoch 2"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["last.keras", "state.json"]
+    assert (tmp_path / "history.csv").read_text().splitlines()[1:] == ["1,all,,1.0,,,,,,,,", "2,all,,1.0,,,,,,,,"]
+
+
+def test_weights_files_load_and_other_architectures_are_refused(tmp_path):
+    import keras
+
+    from effscale.errors import WeightsError
+    from effscale.keras_model import build_model
+    from effscale.train import load_backbone_weights
+
+    source = build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32, name="efficientnet")
+    source.save_weights(tmp_path / "tiny8.weights.h5")
+    keras.Model(source.input, source.output).save(tmp_path / "tiny8.keras")
+    other = build_model(tiny_network(16), include_top=False, pooling="avg", image_size=32, name="efficientnet")
+    other.save_weights(tmp_path / "tiny16.weights.h5")
+    other.save(tmp_path / "tiny16.keras")
+    for name in ("tiny8.weights.h5", "tiny8.keras"):
+        target = build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32, name="efficientnet")
+        load_backbone_weights(target, str(tmp_path / name), "tiny8", tiny_network(8))
+        for mine, theirs in zip(target.get_weights(), source.get_weights()):
+            np.testing.assert_array_equal(mine, theirs)
+    for name in ("tiny16.weights.h5", "tiny16.keras"):
+        target = build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32, name="efficientnet")
+        with pytest.raises(WeightsError, match="another"):
+            load_backbone_weights(target, str(tmp_path / name), "tiny8", tiny_network(8))
+
+
+def test_weights_of_another_architecture_via_cli(run_cli, tiny, tmp_path):
+    from effscale.keras_model import build_model
+
+    build_model(tiny_network(16), include_top=False, pooling="avg", image_size=32).save_weights(
+        tmp_path / "wide.weights.h5")
+    code, _, err = run_cli(*base_args(tiny, tmp_path / "run", "--weights", str(tmp_path / "wide.weights.h5")))
+    assert code == 1 and "does not fit tiny8" in err.splitlines()[-1]
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing left behind
+
+
+def test_linear_probe_trains_only_the_head_on_cached_features(run_cli, tiny, tmp_path):
+    from effscale.keras_model import build_model
+
+    pretrained = build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32)
+    pretrained.save_weights(tmp_path / "pre.weights.h5")
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(*base_args(tiny, run_dir, "--strategy", "linear-probe", "--weights",
+                                      str(tmp_path / "pre.weights.h5"), "--epochs", "3", "--lr", "0.01"))
+    assert code == 0, err
+    feats = np.load(run_dir / "features" / "train.npy")
+    assert feats.shape == (192, 32)
+    import keras
+
+    trained = keras.models.load_model(run_dir / "checkpoints" / "last.keras").get_layer("efficientnet")
+    for mine, theirs in zip(trained.get_weights(), pretrained.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)  # backbone (BN statistics included) untouched
+
+
+def test_top_blocks_unfreezes_whole_blocks_and_keeps_bn_frozen():
+    from effscale.config import TransferConfig
+    from effscale.schemas import resolve_network
+    from effscale.train import build_transfer_model, configure_phase
+
+    _, spec = resolve_network("b0")
+    config = TransferConfig(strategy="top-blocks", blocks=2)
+    model, backbone = build_transfer_model(config, spec, (32, 32, 3), 10, 32)
+    configure_phase(model, backbone, config, "top-blocks")
+    trainable = {layer.name.split("_", 1)[0] for layer in backbone.layers if layer.trainable and layer.weights}
+    assert trainable == {"block6d", "block7a", "top"}
+    assert not any(layer.trainable for layer in backbone.layers if "bn" in layer.name)
+    assert model.get_layer("predictions").trainable
+
+
+def test_nan_loss_stops_cleanly_with_report(run_cli, tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(*base_args(tiny, run_dir, "--optimizer", "sgd", "--lr", "1e30", "--epochs", "3"))
+    assert code == 1
+    assert "loss became NaN at epoch 1" in err.splitlines()[-1]
+    summary = json.loads((run_dir / "reports" / "summary.json").read_text())[0]
+    assert summary["status"] == "nan"
+
+
+def test_pretrained_weights_with_0_1_inputs_are_refused(run_cli, tiny, tmp_path):
+    from effscale.keras_model import build_model
+
+    build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32).save_weights(
+        tmp_path / "pre.weights.h5")
+    code, _, err = run_cli(*base_args(tiny, tmp_path / "run", "--weights", str(tmp_path / "pre.weights.h5"),
+                                      "--augment", "normalize"))
+    assert code == 1 and "expect 0-255" in err.splitlines()[-1]
+
+
+def test_seed_recipe_runs_and_records_its_settings(run_cli, tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(*base_args(tiny, run_dir, "--recipe", "seed", "--epochs", "1"))
+    assert code == 0, err
+    config = json.loads((run_dir / "manifest.json").read_text())["config"]
+    assert (config["recipe"], config["optimizer"], config["learning_rate"], config["lr_decay"]) == \
+        ("seed", "rmsprop", 0.0064, 1e-6)
+    assert (config["pooling"], config["strategy"], config["last_layers"]) == ("max", "last-layers", 4)
+    assert config["augment"] == ["normalize", "flip", "rotate", "zoom"]
