@@ -162,6 +162,10 @@ class _TensorRef:
             raise WeightsError(f"weights file is truncated or corrupt: storage {self.storage.key} was never read")
         if any(s < 0 for s in self.size) or any(s < 0 for s in self.stride) or self.offset < 0:
             raise WeightsError("malformed tensor record in weights file (negative size)")
+        if int(np.prod(self.size, dtype=object)) > max(data.size, 1):
+            # Only a broadcast (stride-0) view could be larger than its storage; a state dict
+            # never needs one, and materialising it could exhaust memory.
+            raise WeightsError("malformed tensor record in weights file (larger than its storage)")
         if all(s > 0 for s in self.size):
             last = self.offset + sum((n - 1) * st for n, st in zip(self.size, self.stride))
             if last >= data.size:
@@ -316,6 +320,7 @@ def _fill(storage: _Storage, raw: bytes, byteorder: str, source: str) -> None:
 
 
 def _read_legacy(path: Path, source: str):
+    size = path.stat().st_size
     with open(path, "rb") as handle:
         header: dict = {}
         try:
@@ -345,6 +350,9 @@ def _read_legacy(path: Path, source: str):
             numel = int(np.frombuffer(head, "<i8")[0])
             if numel != storage.numel:
                 raise WeightsError(f"{source} is corrupt (storage {key} size {numel} != {storage.numel})")
+            if numel * storage.type.itemsize > size - handle.tell():
+                raise WeightsError(f"{source} is truncated: storage {key} needs {numel * storage.type.itemsize} "
+                                   f"bytes, {size - handle.tell()} left")
             _fill(storage, handle.read(numel * storage.type.itemsize), "little", source)
     return result
 

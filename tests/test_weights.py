@@ -236,6 +236,27 @@ def test_tensor_past_its_storage_is_refused(tmp_path):
         W.read_state_dict(path)
 
 
+def test_huge_claims_are_refused_before_allocating(tmp_path):
+    # A legacy storage that claims 2**31 - 1 floats (8 GiB) in a tiny file ...
+    huge = 2**31 - 1
+    path = tmp_path / "big.pth"
+    with open(path, "wb") as handle:
+        handle.write(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2))
+        handle.write(pickle.dumps({"little_endian": True}, protocol=2))
+        handle.write(_tensor_pickle({"w": ("0", "FloatStorage", huge, 0, (4,), (1,))}, legacy=True))
+        handle.write(pickle.dumps(["0"], protocol=2) + struct.pack("<q", huge) + bytes(16))
+    with pytest.raises(WeightsError, match="truncated: storage 0 needs 8589934588 bytes"):
+        W.read_state_dict(path)
+    # ... and a zip tensor broadcast far past its 4-element storage.
+    tensors = {"w": ("0", "FloatStorage", 4, 0, (100000, 100000), (0, 0))}
+    zpath = tmp_path / "broadcast.pth"
+    with zipfile.ZipFile(zpath, "w") as archive:
+        archive.writestr("archive/data.pkl", _tensor_pickle(tensors, legacy=False))
+        archive.writestr("archive/data/0", np.zeros(4, "<f4").tobytes())
+    with pytest.raises(WeightsError, match="larger than its storage"):
+        W.read_state_dict(zpath)
+
+
 # ---- resolving --weights ------------------------------------------------------------------
 
 def test_unknown_weights_name():
