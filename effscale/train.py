@@ -90,7 +90,32 @@ def imagenet_weights_file(variant: str) -> Path:
         ) from None
 
 
+def _h5_shapes(path: Path) -> list[tuple]:
+    """Shapes of every array in an HDF5 weights file (Keras 3 or legacy layout), sorted."""
+    import h5py
+
+    shapes = []
+    with h5py.File(path, "r") as handle:
+        if "model_weights" in handle:  # a whole legacy model.save(): skip its optimizer state
+            handle = handle["model_weights"]
+        handle.visititems(lambda _, obj: shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None)
+    return sorted(shapes)
+
+
 def _load_h5(backbone, path: Path, name: str) -> None:
+    # Keras loads .weights.h5 by position and skips what does not fit with a warning, so a
+    # deeper network of the same widths would load "successfully" into the wrong layers.
+    # Compare the arrays first: the same architecture holds exactly the same shapes.
+    try:
+        theirs = _h5_shapes(path)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"cannot read weights file {path} ({_one_line(exc)[:120]})") from None
+    mine = sorted(tuple(w.shape) for w in backbone.weights)
+    if theirs != mine:
+        raise WeightsError(
+            f"weights file {path} does not fit {name}: it holds {len(theirs)} arrays where {name} "
+            f"has {len(mine)} (or of other shapes); it is for another architecture"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras warns per skipped layer before it raises

@@ -27,10 +27,10 @@ RUN_FILES = ["manifest.json", "history.csv", "metrics.json", "effscale.log", "ch
 METRIC_KEYS = ["top1", "top5", "loss", "confusion", "train_images_per_s", "wall_time_s", "params", "macs"]
 
 
-def tiny_network(width: int = 8) -> NetworkSpec:
+def tiny_network(width: int = 8, repeats: int = 2) -> NetworkSpec:
     return NetworkSpec(
         stem_filters=width,
-        stages=(StageSpec(3, 1, width, width, 1, 1), StageSpec(3, 2, width, 2 * width, 2, 2)),
+        stages=(StageSpec(3, 1, width, width, 1, 1), StageSpec(3, repeats, width, 2 * width, 2, 2)),
         head_filters=4 * width, resolution=32, dropout_rate=0.0, drop_connect_rate=0.0,
     )
 
@@ -154,9 +154,14 @@ def test_weights_files_load_and_other_architectures_are_refused(tmp_path):
         load_backbone_weights(target, str(tmp_path / name), "tiny8", tiny_network(8))
         for mine, theirs in zip(target.get_weights(), source.get_weights()):
             np.testing.assert_array_equal(mine, theirs)
-    for name in ("tiny16.weights.h5", "tiny16.keras"):
+    # Same widths, one block more (like B1 against B0): every B0 layer exists there, but it is
+    # still another network.
+    deeper = build_model(tiny_network(8, repeats=3), include_top=False, pooling="avg", image_size=32)
+    deeper.save(tmp_path / "deeper.keras")
+    deeper.save_weights(tmp_path / "deeper.weights.h5")
+    for name in ("tiny16.weights.h5", "tiny16.keras", "deeper.keras", "deeper.weights.h5"):
         target = build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32, name="efficientnet")
-        with pytest.raises(WeightsError, match="another"):
+        with pytest.raises(WeightsError, match="another|deeper"):
             load_backbone_weights(target, str(tmp_path / name), "tiny8", tiny_network(8))
 
 
