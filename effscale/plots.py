@@ -79,3 +79,86 @@ def per_class_accuracy(frame, path: str | os.PathLike, title: str = "", limit: i
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+# --- effscale grid ---------------------------------------------------------------------------
+_ROLE_STYLE = {  # role -> (marker, color)
+    "grid": ("o", "tab:blue"),
+    "paper": ("*", "tab:red"),
+    "depth-only": ("s", "tab:green"),
+    "width-only": ("^", "tab:orange"),
+    "resolution-only": ("D", "tab:purple"),
+}
+
+
+def grid_accuracy_vs_macs(rows, path: str | os.PathLike, title: str = "") -> Path:
+    """Validation accuracy against *measured* MACs (x the proxy base) for every grid row.
+
+    ``rows`` are ``effscale.grid_report.ranking`` records. Error bars are the rows' noise
+    (standard error); hollow markers stopped at an earlier halving rung; reference rows
+    (paper point, single-axis baselines) are labelled.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    top_rung = max((r["rung"] for r in rows if r.get("acc_mean") is not None), default=0)
+    for role, (marker, color) in _ROLE_STYLE.items():
+        for final in (True, False):
+            pick = [r for r in rows if r["role"] == role and r.get("acc_mean") is not None
+                    and (r["rung"] == top_rung) == final]
+            if not pick:
+                continue
+            ax.errorbar([r["macs_ratio"] for r in pick], [100 * r["acc_mean"] for r in pick],
+                        yerr=[100 * (r.get("noise") or 0) for r in pick], fmt=marker, color=color,
+                        mfc=color if final else "none", ms=9 if role == "paper" else 6, capsize=2,
+                        label=f"{role}{'' if final else ' (stopped early)'}")
+    for r in rows:
+        if r["role"] != "grid" and r.get("acc_mean") is not None:
+            ax.annotate(r["role"], (r["macs_ratio"], 100 * r["acc_mean"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("measured MACs of the rounded network (x proxy base)")
+    ax.set_ylabel("validation accuracy (%) at the highest rung reached")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def grid_constraint_surface(rows, budget: float, path: str | os.PathLike, title: str = "") -> Path:
+    """Where the candidates lie on alpha * beta^2 * gamma^2 = budget (3-D), coloured by accuracy."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig = plt.figure(figsize=(7, 5.5))
+    ax = fig.add_subplot(projection="3d")
+    betas = [r["beta"] for r in rows]
+    gammas = [r["gamma"] for r in rows]
+    b, g = np.meshgrid(np.linspace(1.0, max(betas + [1.05]), 25), np.linspace(1.0, max(gammas + [1.05]), 25))
+    a = budget / (b**2 * g**2)
+    a = np.where(a >= 1.0, a, np.nan)
+    ax.plot_wireframe(b, g, a, color="lightgray", linewidth=0.5)
+    scored = [r for r in rows if r.get("acc_mean") is not None]
+    if scored:
+        points = ax.scatter([r["beta"] for r in scored], [r["gamma"] for r in scored], [r["alpha"] for r in scored],
+                            c=[100 * r["acc_mean"] for r in scored], cmap="viridis", s=30, depthshade=False)
+        fig.colorbar(points, ax=ax, shrink=0.6, label="validation accuracy (%)")
+    unscored = [r for r in rows if r.get("acc_mean") is None]
+    if unscored:
+        ax.scatter([r["beta"] for r in unscored], [r["gamma"] for r in unscored], [r["alpha"] for r in unscored],
+                   marker="x", color="gray", label="failed / not run")
+        ax.legend(fontsize=7)
+    for r in rows:
+        if r["role"] != "grid":
+            ax.text(r["beta"], r["gamma"], r["alpha"], f" {r['role']}", fontsize=7)
+    ax.set_xlabel("beta (width)")
+    ax.set_ylabel("gamma (resolution)")
+    ax.set_zlabel("alpha (depth)")
+    ax.set_title(title or f"candidates on alpha*beta^2*gamma^2 = {budget:g}")
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

@@ -28,6 +28,7 @@ from effscale.errors import EffscaleError
 COMMANDS = {
     "scale": "effscale.cli.scale:scale",
     "report": "effscale.cli.report:report",
+    "grid": "effscale.cli.grid:grid",
     "transfer": "effscale.cli.transfer:transfer",
     "evaluate": "effscale.cli.evaluate:evaluate",
 }
