@@ -1,0 +1,152 @@
+"""``effscale grid`` end to end with the fake trainer: output, resume, kill -9, bad input, report, scale --from."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from effscale.grid_config import preset
+from effscale.search import SearchSpace
+from effscale.store import RunDir
+from effscale.trials import TrialStore
+
+SMOKE = ["grid", "--preset", "smoke", "--dataset", "synthetic", "--fake-trials", "0"]
+SMOKE_SPACE = SearchSpace.from_config(preset("smoke").replace(dataset="synthetic"))
+
+
+def _complete_lines(run_dir: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in RunDir(run_dir).read_jsonl("trials.jsonl"):
+        if record["status"] == "COMPLETE":
+            counts[record["trial_id"]] = counts.get(record["trial_id"], 0) + 1
+    return counts
+
+
+def test_grid_runs_writes_reports_and_best_json(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(*SMOKE, "--run-dir", str(run_dir), "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == len(SMOKE_SPACE.entries)
+    assert {"paper", "depth-only", "width-only", "resolution-only"} <= {r["role"] for r in rows}
+    assert rows[0]["rank"] == "1"
+    for name in ("ranking.csv", "ranking.md", "ranking.json", "trials.csv"):
+        assert (run_dir / "reports" / name).stat().st_size > 0
+    assert (run_dir / "plots" / "grid_acc_vs_macs.png").exists()
+    assert (run_dir / "plots" / "grid_constraint.png").exists()
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["schema"] == "effscale/coefficients@1"
+    assert f"a{best['alpha']:.2f}-b{best['beta']:.2f}-g{best['gamma']:.2f}"[:12] == rows[0]["candidate"][:12]
+    assert "training images seen" in err and "saved by halving" in err
+    assert _complete_lines(run_dir) == {t: 1 for t in _complete_lines(run_dir)}
+    assert len(_complete_lines(run_dir)) == SMOKE_SPACE.planned_trials()
+
+    # effscale scale --phi 3 --from RUN_DIR uses the coefficients found
+    code, scaled, err = run_cli("scale", "--phi", "3", "--from", str(run_dir), "--format", "json")
+    assert code == 0, err
+    derived = json.loads(scaled)[0]
+    assert derived["depth"] == pytest.approx(best["alpha"] ** 3)
+    assert derived["width"] == pytest.approx(best["beta"] ** 3)
+
+    # effscale report RUN_DIR rebuilds the same ranking from the store
+    (run_dir / "reports" / "ranking.csv").unlink()
+    code, out2, err = run_cli("report", str(run_dir), "--format", "csv")
+    assert code == 0, err
+    assert out2 == out
+    assert (run_dir / "reports" / "ranking.csv").exists()
+
+
+def test_resume_skips_finished_and_refuses_changed_settings(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(*SMOKE, "--run-dir", str(run_dir))[0] == 0
+    lines = len(RunDir(run_dir).read_jsonl("trials.jsonl"))
+    code, out, err = run_cli("grid", "--resume", str(run_dir), "--fake-trials", "0", "--format", "json")
+    assert code == 0, err
+    assert len(RunDir(run_dir).read_jsonl("trials.jsonl")) == lines  # nothing rerun
+    assert json.loads(out)["summary"]["complete"] == SMOKE_SPACE.planned_trials()
+    code, out, err = run_cli("grid", "--resume", str(run_dir), "--budget", "3", "--fake-trials", "0")
+    assert code == 1
+    assert err.count("\n") == 1 and "different settings (budget: 2.0 -> 3.0" in err
+    # an existing run dir is never clobbered without --overwrite
+    code, _, err = run_cli(*SMOKE, "--run-dir", str(run_dir))
+    assert code == 1 and "already exists" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "1"], "Error: --budget must be > 1"),
+    (["--budget", "0.5"], "Error: --budget must be > 1"),
+    (["--tolerance", "0.001", "--alpha", "1", "1.5"], "Error: no (alpha, beta, gamma) on the grid"),
+    (["--step", "0"], "Error: --step must be > 0"),
+    (["--step", "-0.05"], "Error: --step must be > 0"),
+    (["--schedule", "fast"], "Error: Invalid value for '--schedule'"),
+])
+def test_bad_input_is_one_line(run_cli, tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli("grid", "--dataset", "synthetic", "--fake-trials", "0", "--run-dir", str(run_dir), *args)
+    assert code != 0
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert not run_dir.exists()  # nothing written
+
+
+def test_unknown_dataset_is_one_line(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli("grid", "--dataset", "imagenet-21k", "--run-dir", str(run_dir))
+    assert code == 1 and err.startswith("Error: dataset imagenet-21k does not exist") and err.count("\n") == 1
+    assert not run_dir.exists()
+
+
+def test_resume_on_a_non_grid_dir(run_cli, tmp_path):
+    code, _, err = run_cli("grid", "--resume", str(tmp_path))
+    assert code == 1 and "is not an effscale run directory" in err and err.count("\n") == 1
+    RunDir(tmp_path).write_manifest("transfer", {"variant": "b0"})
+    code, _, err = run_cli("grid", "--resume", str(tmp_path))
+    assert code == 1 and "is an effscale 'transfer' run, not a 'grid' run" in err
+    code, _, err = run_cli("grid", "--resume", str(tmp_path / "missing"))
+    assert code == 1 and "is not a directory" in err
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "effscale", *SMOKE[:-1], "0.25", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(_complete_lines(run_dir) if run_dir.exists() else {}) < 3:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = _complete_lines(run_dir)
+    assert 3 <= len(before) < SMOKE_SPACE.planned_trials()
+    resume = subprocess.run([sys.executable, "-m", "effscale", "grid", "--resume", str(run_dir), "--fake-trials", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert resume.returncode == 0, resume.stderr
+    after = _complete_lines(run_dir)
+    assert set(after) >= set(before)  # nothing finished was lost
+    assert all(count == 1 for count in after.values())  # nothing finished twice
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, "-m", "effscale", *SMOKE, "--run-dir", str(reference)], check=True,
+                   capture_output=True, timeout=120)
+    assert set(after) == set(_complete_lines(reference))  # the same trial set as an uninterrupted run
+    latest = TrialStore(RunDir(run_dir)).latest()
+    assert all(r["status"] == "COMPLETE" for r in latest.values())
+
+
+def test_grid_help_lists_the_documented_flags(run_cli):
+    code, out, _ = run_cli("grid", "--help")
+    assert code == 0
+    for flag in ("--budget", "--tolerance", "--step", "--seeds", "--schedule", "--executor", "--ray-address",
+                 "--resume", "--format", "--resolution", "--dataset"):
+        assert flag in out
+    assert "--fake-trials" not in out

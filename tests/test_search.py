@@ -1,0 +1,164 @@
+"""The phi=1 candidate grid, reference rows, measured cost and next_candidates (halving from the log)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from effscale.errors import ConfigError
+from effscale.grid_config import GridConfig, preset
+from effscale.search import (
+    Candidate,
+    SearchSpace,
+    candidate_cost,
+    candidate_grid,
+    next_candidates,
+    proxy_network,
+    reference_rows,
+)
+
+# Expected values, worked out by hand (not by the code under test).
+PAPER_FACTOR = 1.2 * 1.1**2 * 1.15**2  # 1.920...
+IDS = [((1.2, 1.1, 1.15), "a1.20-b1.10-g1.15"), ((2.0, 1.0, 1.0), "a2.00-b1.00-g1.00"),
+       ((1.0, math.sqrt(2), 1.0), "a1.00-b1.4142-g1.00"), ((1.25, 1.05, 1.0), "a1.25-b1.05-g1.00")]
+
+
+@pytest.mark.parametrize("coeffs, expected", IDS)
+def test_candidate_id_is_readable(coeffs, expected):
+    assert Candidate(*coeffs).id == expected
+
+
+def _brute_force(step_hundredths: int, tol: float, budget: float, hi=(200, 150, 150)) -> set[str]:
+    """Integer hundredths, so no float stepping: every grid point within tol of budget."""
+    axes = [range(100, h + 1, step_hundredths) for h in hi]
+    keep = set()
+    for a, b, g in itertools.product(*axes):
+        if abs((a / 100) * (b / 100) ** 2 * (g / 100) ** 2 - budget) <= tol + 1e-9:
+            keep.add(f"a{a / 100:.2f}-b{b / 100:.2f}-g{g / 100:.2f}")
+    return keep
+
+
+@pytest.mark.parametrize("step, tol, budget", [(0.1, 0.08, 2.0), (0.05, 0.03, 2.0), (0.05, 0.1, 1.5)])
+def test_grid_matches_brute_force(step, tol, budget):
+    config = GridConfig(step=step, tolerance=tol, budget=budget)
+    got = {c.id for c in candidate_grid(config)}
+    assert got == _brute_force(round(step * 100), tol, budget)
+    assert all(abs(c.flops_factor - budget) <= tol + 1e-9 for c in candidate_grid(config))
+
+
+def test_paper_point_is_on_the_fine_grid():
+    ids = {c.id for c in candidate_grid(GridConfig(step=0.05, tolerance=0.1))}
+    assert "a1.20-b1.10-g1.15" in ids  # |1.920 - 2| = 0.080 <= 0.1
+    assert "a1.20-b1.10-g1.15" not in {c.id for c in candidate_grid(GridConfig(step=0.05, tolerance=0.05))}
+    assert abs(PAPER_FACTOR - 1.92027) < 1e-4
+
+
+def test_reference_rows_reach_the_budget():
+    rows = {r.role: r.candidate for r in reference_rows(3.0)}
+    assert set(rows) == {"paper", "depth-only", "width-only", "resolution-only"}
+    assert (rows["paper"].alpha, rows["paper"].beta, rows["paper"].gamma) == (1.2, 1.1, 1.15)
+    for role in ("depth-only", "width-only", "resolution-only"):
+        assert rows[role].flops_factor == pytest.approx(3.0)
+    assert (rows["depth-only"].beta, rows["depth-only"].gamma) == (1.0, 1.0)
+    assert (rows["width-only"].alpha, rows["width-only"].gamma) == (1.0, 1.0)
+
+
+def test_entries_always_hold_reference_rows_once():
+    space = SearchSpace.from_config(GridConfig())  # step 0.1: (2, 1, 1) is a grid point
+    roles = [e.role for e in space.entries]
+    assert roles.count("paper") == roles.count("depth-only") == 1
+    depth = next(e for e in space.entries if e.role == "depth-only")
+    assert depth.in_grid and depth.id == "a2.00-b1.00-g1.00"
+    assert len({e.id for e in space.entries}) == len(space.entries)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"budget": 1.0}, "--budget must be > 1"),
+    ({"budget": 0.5}, "--budget must be > 1"),
+    ({"step": 0.0}, "--step must be > 0"),
+    ({"step": -0.1}, "--step must be > 0"),
+    ({"tolerance": 0.001, "alpha_range": (1.0, 1.5)}, "no (alpha, beta, gamma) on the grid"),
+    ({"alpha_range": (0.5, 2.0)}, "--alpha range"),
+])
+def test_bad_settings_say_what_to_do(changes, message):
+    if "tolerance" in changes:  # really no point that close to 2 with alpha <= 1.5
+        assert _brute_force(10, 0.001, 2.0, hi=(150, 150, 150)) == set()
+    with pytest.raises(ConfigError) as info:
+        candidate_grid(GridConfig(**changes))
+    assert message in str(info.value)
+
+
+def test_measured_cost_differs_from_formula_but_is_exact():
+    config = GridConfig()
+    base = candidate_cost(config, Candidate(1.0, 1.0, 1.0), 10)
+    assert (base.macs_ratio, base.params_ratio) == (1.0, 1.0)
+    # depth-only x2: the repeats of B0 (1,2,2,3,3,4,1) all double exactly -> 32 blocks
+    depth = candidate_cost(config, Candidate(2.0, 1.0, 1.0), 10)
+    assert depth.blocks == 32 and base.blocks == 16
+    # resolution only: same params, 48 px -> round(48 * 1.15) = 55 px
+    res = candidate_cost(config, Candidate(1.0, 1.0, 1.15), 10)
+    assert res.params == base.params and res.resolution == 55 and res.macs > base.macs
+
+
+def test_proxy_network_scales_the_proxy_base():
+    config = GridConfig(base_width=0.5, base_depth=1.0, resolution=48)
+    base = proxy_network(config)
+    assert base.stem_filters == 16 and base.head_filters == 640  # 32 and 1280 halved
+    scaled = proxy_network(config, Candidate(1.2, 1.1, 1.15))
+    assert scaled.resolution == 55 and scaled.total_blocks > base.total_blocks
+
+
+def _complete(spec, acc):
+    return {"trial_id": spec.trial_id, "candidate": spec.candidate.to_dict(), "role": spec.role,
+            "seed": spec.seed, "rung": spec.rung, "epochs": spec.epochs, "status": "COMPLETE",
+            "metrics": {"val_accuracy": acc}}
+
+
+def test_next_candidates_halving_from_the_log_only():
+    config = GridConfig(seeds=2, eta=3, rungs=3, epochs=1)
+    space = SearchSpace.from_config(config)
+    n = len(space.entries)
+    first = next_candidates(space, {})
+    assert len(first) == 2 * n and {s.rung for s in first} == {0} and {s.epochs for s in first} == {1}
+    # finish rung 0 with a known score: accuracy grows with the index of the entry
+    order = {e.id: i for i, e in enumerate(space.entries)}
+    log = {s.trial_id: _complete(s, 0.1 + 0.01 * order[s.candidate.id]) for s in first}
+    second = next_candidates(space, log)
+    keep = math.ceil(n / 3)
+    assert len(second) == 2 * keep and {s.epochs for s in second} == {3}
+    assert {s.candidate.id for s in second} == {e.id for e in space.entries[-keep:]}
+    # a RUNNING trial (crash) is run again; a FAILED one is not, unless retried
+    log |= {s.trial_id: _complete(s, 0.5) for s in second}
+    third = next_candidates(space, log)
+    assert len(third) == 2 * math.ceil(n / 9) and {s.epochs for s in third} == {9}
+    crashed, failed = third[0], third[1]
+    log[crashed.trial_id] = dict(_complete(crashed, 0), status="RUNNING")
+    log[failed.trial_id] = dict(_complete(failed, 0), status="FAILED")
+    remaining = next_candidates(space, log)
+    assert crashed in remaining and failed not in remaining
+    assert failed in next_candidates(space, log, retry={failed.trial_id})
+    log |= {s.trial_id: _complete(s, 0.6) for s in third}
+    assert next_candidates(space, log) == []
+
+
+def test_full_schedule_trains_everyone_the_longest():
+    config = GridConfig(schedule="full", eta=3, rungs=3, epochs=1)
+    space = SearchSpace.from_config(config)
+    specs = next_candidates(space, {})
+    assert len(specs) == len(space.entries) and {s.epochs for s in specs} == {9}
+    assert next_candidates(space, {s.trial_id: _complete(s, 0.3) for s in specs}) == []
+    assert space.planned_trials() == len(space.entries)
+
+
+def test_halving_plans_at_most_040x_the_images_of_full():
+    halving = SearchSpace.from_config(GridConfig())
+    n, cfg = len(halving.entries), halving.config
+    images = sum(halving.survivors(n, r) * cfg.rung_epochs(r) for r in range(cfg.rungs)) * cfg.limit_train
+    assert images <= 0.4 * halving.images_full_schedule()
+
+
+def test_smoke_preset_is_small():
+    space = SearchSpace.from_config(preset("smoke"))
+    assert 4 <= len(space.entries) <= 10 and space.planned_trials() <= 12
