@@ -96,14 +96,16 @@ class _Progress:
 @click.option("--eta", type=int, default=3, show_default=True, help="Halving keeps the best 1/eta per rung.")
 @click.option("--rungs", type=int, default=3, show_default=True, help="Rungs of successive halving.")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Repeats of every trial with other seeds.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--learning-rate", type=float, default=2e-3, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Training batch size.")
+@click.option("--learning-rate", type=float, default=2e-3, show_default=True,
+              help="Adam learning rate (cosine decay over each trial).")
 @click.option("--bn-momentum", type=float, default=0.9, show_default=True,
               help="BatchNorm momentum while training the proxy (Keras default 0.99 is too slow to settle).")
 @click.option("--bn-recalibration-batches", type=int, default=8, show_default=True,
               help="Recompute BatchNorm statistics on this many training batches before scoring (0: off).")
 @click.option("--preset", type=click.Choice(["cpu", "smoke", "gpu"]), help="Named settings (docs/grid.md); flags win.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run trials here, one after another, or as Ray tasks.")
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster address (default: start Ray on this machine).")
 @click.option("--cpus-per-trial", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Ray: CPUs each trial asks for.")
@@ -115,7 +117,8 @@ class _Progress:
               help="Finish a search: skips finished trials, refuses changed settings.")
 @click.option("--retry-failed", is_flag=True, help="With --resume: run FAILED trials again.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Decoded-image cache for folders/tarballs.")
-@click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True,
+              help="How to print the ranked table; report files are always CSV, Markdown and JSON.")
 @click.option("--fake-trials", type=float, hidden=True,
               help="Testing: a deterministic fake trainer taking this many seconds per trial.")
 @click.pass_context
