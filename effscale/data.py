@@ -237,7 +237,7 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None = None) -> ImageDat
         else:
             (x_train, y_train), (x_val, y_val) = loader.load_data()
     except Exception as exc:  # noqa: BLE001 - keras raises bare Exception on URL failures
-        reason = " ".join(str(exc).split())[:160]
+        reason = " ".join(str(exc).split()).rsplit(" -- ", 1)[-1][:120]
         raise DatasetError(
             f"cannot download {name} ({reason}); on an offline machine put {archive} in a folder "
             f"and pass --data-dir FOLDER"

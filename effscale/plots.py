@@ -35,6 +35,8 @@ def learning_curves(history, path: str | os.PathLike, title: str = "") -> Path:
     optionally ``phase``.
     """
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = history["epoch"]
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "top-1 accuracy")):
@@ -43,6 +45,7 @@ def learning_curves(history, path: str | os.PathLike, title: str = "") -> Path:
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"] * scale, marker="s", label=f"validation {label}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label + (" (%)" if scale != 1.0 else ""))
         ax.grid(alpha=0.3)
         ax.legend()

@@ -84,8 +84,9 @@ def imagenet_weights_file(variant: str) -> Path:
         return Path(keras.utils.get_file(fname, KERAS_WEIGHTS_URL + fname, cache_subdir="models",
                                          file_hash=KERAS_NOTOP_MD5[variant]))
     except Exception as exc:  # noqa: BLE001 - keras raises bare Exception for URL failures
+        reason = _one_line(exc).rsplit(" -- ", 1)[-1][:120]  # "URL fetch failure on <url>: None -- <why>"
         raise WeightsError(
-            f"cannot download ImageNet weights {fname} ({_one_line(exc)[:120]}); on an offline machine copy "
+            f"cannot download ImageNet weights {fname} ({reason}); on an offline machine copy "
             f"{fname} to {cached} or pass --weights none|PATH"
         ) from None
 
