@@ -76,6 +76,8 @@ def test_resume_skips_finished_and_refuses_changed_settings(run_cli, tmp_path):
     code, out, err = run_cli("grid", "--resume", str(run_dir), "--budget", "3", "--fake-trials", "0")
     assert code == 1
     assert err.count("\n") == 1 and "different settings (budget: 2.0 -> 3.0" in err
+    code, _, err = run_cli("grid", "--resume", str(run_dir), "--preset", "gpu", "--fake-trials", "0")
+    assert code == 1 and "different settings" in err and "base_depth: 0.25 -> 1.0" in err
     # an existing run dir is never clobbered without --overwrite
     code, _, err = run_cli(*SMOKE, "--run-dir", str(run_dir))
     assert code == 1 and "already exists" in err and err.count("\n") == 1

@@ -21,11 +21,11 @@ CONFIG_OPTIONS = {
 RANGE = click.Tuple([float, float])
 
 
-def _resolve_config(ctx: click.Context, params: dict, base: dict):
-    """Preset (or the resumed run's settings) < explicit flags; returns (config, explicit)."""
+def _resolve_config(ctx: click.Context, params: dict, base: dict, overrides: dict | None = None):
+    """Base (defaults, or the resumed run's settings) < preset overrides < explicit flags."""
     from effscale.grid_config import GridConfig
 
-    explicit = {}
+    explicit = dict(overrides or {})
     for option, field in CONFIG_OPTIONS.items():
         if ctx.get_parameter_source(option) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             value = params[option]
@@ -134,7 +134,7 @@ def grid(ctx, **params):
     from effscale import grid_report
     from effscale.cli import state
     from effscale.executors import make_executor, run_search
-    from effscale.grid_config import GridConfig, preset
+    from effscale.grid_config import GridConfig
     from effscale.search import SearchSpace
     from effscale.store import open_run_dir, prepare_run_dir, timestamp_name
     from effscale.trials import TrialStore
@@ -142,6 +142,9 @@ def grid(ctx, **params):
     resume_dir = params["resume_dir"]
     if params["retry_failed"] and resume_dir is None:
         raise click.UsageError("--retry-failed only applies with --resume RUN_DIR")
+    from effscale.grid_config import PRESETS
+
+    overrides = PRESETS[params["preset"]] if params["preset"] else {}
     if resume_dir is not None:
         if params["run_dir"] is not None or params["overwrite"]:
             raise click.UsageError("--resume cannot be combined with --run-dir or --overwrite")
@@ -149,8 +152,9 @@ def grid(ctx, **params):
         base = run.read_manifest().get("config", {})
     else:
         run = None
-        base = preset(params["preset"]).to_dict() if params["preset"] else GridConfig().to_dict()
-    config, _ = _resolve_config(ctx, params, base)
+        base = GridConfig().to_dict()
+    # on --resume, a preset or flag that disagrees with the manifest is refused below
+    config, _ = _resolve_config(ctx, params, base, overrides)
     space = SearchSpace.from_config(config)  # errors for an empty grid come before anything is written
 
     fake = params["fake_trials"]
