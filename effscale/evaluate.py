@@ -212,11 +212,10 @@ def check_variant_weights(variant: str, weights: str, image_size: int | None = N
     return name, spec, state, description
 
 
-def model_from_file(path: str | os.PathLike) -> LoadedModel:
-    """A ``.keras`` file, or a transfer run directory (best checkpoint + its class names)."""
+def locate_model(path: str | os.PathLike) -> tuple[Path, tuple[str, ...] | None, dict]:
+    """``(keras file, class names or None, info)`` of a ``.keras`` file or a transfer run
+    directory; checked before any data is loaded."""
     import json
-
-    import keras
 
     path = Path(path).expanduser()
     class_names = None
@@ -233,12 +232,20 @@ def model_from_file(path: str | os.PathLike) -> LoadedModel:
                 data = json.loads(metrics.read_text())
                 class_names = tuple(data["class_names"]) if data.get("class_names") else None
                 info = {k: data.get(k) for k in ("variant", "image_size", "weights") if k in data}
-            except (OSError, ValueError, TypeError):
+            except (OSError, ValueError, TypeError, KeyError):
                 class_names = None
     elif not path.is_file():
         raise EffscaleError(f"model {path} does not exist; pass a .keras file or a transfer run directory")
     if path.suffix != ".keras":
         raise EffscaleError(f"model {path} is not a .keras file; for .pth weights use --variant NAME --weights FILE")
+    return path, class_names, info
+
+
+def model_from_file(path: str | os.PathLike) -> LoadedModel:
+    """A ``.keras`` file, or a transfer run directory (best checkpoint + its class names)."""
+    import keras
+
+    path, class_names, info = locate_model(path)
     try:
         model = keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # noqa: BLE001 - keras raises many types for a bad file

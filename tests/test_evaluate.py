@@ -121,6 +121,8 @@ def test_resize_plain_and_crop():
     (["evaluate", "--model", "m.keras", "--weights", "lite0", "--dataset", "x"], 2, "go with --variant"),
     (["evaluate", "--variant", "lite0", "--weights", "lite0", "--dataset", "x", "--label-map", "nope.csv"], 1,
      "label map nope.csv not found"),
+    (["evaluate", "--model", "nope.keras", "--dataset", "x"], 1, "model nope.keras does not exist"),
+    (["evaluate", "--model", ".", "--dataset", "x"], 1, "has no checkpoints/best.keras or last.keras"),
 ])
 def test_cli_bad_input_is_one_line(run_cli, args, code, fragment):
     exit_code, _out, err = run_cli(*args)

@@ -79,6 +79,8 @@ def evaluate(variant, weights, model_path, dataset, split, label_map, resize, im
         if weights is None:
             raise click.UsageError("--variant needs --weights (lite0, lite1, lite2 or a .pth file)")
         checked = E.check_variant_weights(variant, weights, image_size)
+    else:
+        E.locate_model(model_path)
     console.info(f"loading {dataset} ...")
     images = E.load_images(dataset, split, data_dir=data_dir, cache_dir=cache_dir, limit=limit)
     if variant is not None:
