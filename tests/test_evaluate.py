@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import tarfile
@@ -149,10 +148,9 @@ def test_cli_refuses_a_malicious_weights_file_without_running_it(run_cli, tmp_pa
 # ---- real weights on real images --------------------------------------------------------------
 
 def _need_lite(name: str) -> None:
-    from effscale.weights import REGISTRY
+    from test_weights import need_registry_package
 
-    if importlib.util.find_spec(REGISTRY[name].module) is None:
-        pytest.skip(f"{REGISTRY[name].distribution} not installed (pip install 'effscale[lite]')")
+    need_registry_package(name)
 
 
 def test_imagenette_label_map_matches_the_tarball():
