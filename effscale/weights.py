@@ -365,8 +365,10 @@ def _tensor_dict(obj, source: str) -> dict[str, np.ndarray]:
         for key in ("state_dict", "model_state_dict", "model", "net"):
             if isinstance(obj.get(key), dict):
                 return _tensor_dict(obj[key], source)
-        if obj and all(isinstance(v, _TensorRef) for k, v in obj.items() if not str(k).startswith("_")):
-            return {str(k): v.materialise() for k, v in obj.items() if isinstance(v, _TensorRef)}
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, _TensorRef)}
+        others = [k for k, v in obj.items() if not isinstance(v, _TensorRef) and not str(k).startswith("_")]
+        if tensors and not others:  # tensors plus private bookkeeping entries
+            return {k: v.materialise() for k, v in tensors.items()}
     raise WeightsError(f"{source} holds no state dict of tensors (got {type(obj).__name__}); "
                        "save one with torch.save(model.state_dict(), path)")
 

@@ -201,8 +201,9 @@ def test_any_other_global_is_refused(tmp_path, module, name):
         W.read_state_dict(path)
 
 
-def test_non_tensor_pickle_is_refused(tmp_path):
-    path = write_zip(tmp_path / "plain.pth", {}, pickle.dumps({"a": 1, "b": "text"}, protocol=2))
+@pytest.mark.parametrize("payload", [{"a": 1, "b": "text"}, {"_meta": 1}, {}, [1, 2], 5, {"state_dict": {}}])
+def test_non_tensor_pickle_is_refused(tmp_path, payload):
+    path = write_zip(tmp_path / "plain.pth", {}, pickle.dumps(payload, protocol=2))
     with pytest.raises(WeightsError, match="holds no state dict of tensors"):
         W.read_state_dict(path)
 
