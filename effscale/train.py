@@ -542,23 +542,51 @@ def _first_batch(batches):
     return None
 
 
-def _features(feature_model, x, config, num_classes, cache: Path, name: str):
+def feature_cache_key(config: TransferConfig, spec, image_size: int, weights_info: dict, x: np.ndarray) -> str:
+    """What the backbone's features depend on: architecture, size, pooling, weights, images."""
+    import hashlib
+    import json
+
+    weights = dict(weights_info)
+    if weights.get("weights") == "none":
+        weights["seed"] = config.seed  # random initial weights depend on the seed
+    if weights.get("file"):
+        stat = Path(weights["file"]).stat()
+        weights["stat"] = [stat.st_size, stat.st_mtime_ns]
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([spec.to_dict(), image_size, config.pooling, config.precision, weights,
+                              list(x.shape), keras.backend.backend()], sort_keys=True, default=str).encode())
+    digest.update(np.ascontiguousarray(x).data)
+    return digest.hexdigest()
+
+
+def feature_cache_dir(config: TransferConfig) -> Path:
+    from effscale.data import default_cache_dir
+
+    return (Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()).parent / "features"
+
+
+def _features(feature_model, x, config, num_classes, cache: Path, key: str) -> tuple[np.ndarray, bool]:
+    """Backbone features of ``x``: read from ``cache/<key>.npy`` or computed once and stored."""
     from effscale.data import make_batches
 
-    path = cache / f"{name}.npy"
+    path = cache / f"{key}.npy"
     if path.is_file():
         try:
-            return np.load(path)
+            return np.load(path), True
         except (OSError, ValueError):
             path.unlink(missing_ok=True)
     batches = make_batches(x, np.zeros(len(x), np.int64), batch_size=max(config.batch_size, 128),
                            num_classes=num_classes, training=False)
     feats = feature_model.predict(batches, verbose=0).astype(np.float32)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{name}.tmp.npy"
-    np.save(tmp, feats)
-    os.replace(tmp, path)
-    return feats
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{key}.{os.getpid()}.tmp.npy"
+        np.save(tmp, feats)
+        os.replace(tmp, path)
+    except OSError as exc:  # a cache is an optimisation
+        log.warning("could not cache features in %s: %s", cache, exc)
+    return feats, False
 
 
 def load_config_dataset(config: TransferConfig):
@@ -648,11 +676,19 @@ def transfer(config: TransferConfig, run: RunDir, progress: bool = True, data=No
                                      num_classes=num_classes, progress=bar, bn_probe=bn_probe)
             if config.strategy == "linear-probe":
                 if probe_feats is None:
-                    console.info("computing backbone features once (linear probe) ...")
                     feature_model = keras.Model(model.input, model.get_layer(HEAD_LAYERS[0]).input)
-                    cache = run.path / "features"
-                    probe_feats = (_features(feature_model, data.x_train, config, num_classes, cache, "train"),
-                                   _features(feature_model, data.x_val, config, num_classes, cache, "val"))
+                    cache = feature_cache_dir(config)
+                    t_feat = time.monotonic()
+                    found = []
+                    for split, x in (("train", data.x_train), ("val", data.x_val)):
+                        key = feature_cache_key(config, spec, image_size, weights_info, x)
+                        feats, hit = _features(feature_model, x, config, num_classes, cache, key)
+                        found.append(feats)
+                        ckpt.extra[f"features_{split}"] = str(cache / f"{key}.npy")
+                        console.info(f"{split} features ({feats.shape[1]} per image): "
+                                     + ("reused from the cache" if hit else "computed once and cached"))
+                    probe_feats = tuple(found)
+                    ckpt.extra["feature_time_s"] = round(time.monotonic() - t_feat, 3)
                 feats_in = keras.Input(shape=probe_feats[0].shape[1:], name="features")
                 head_out = model.get_layer(HEAD_LAYERS[1])(model.get_layer(HEAD_LAYERS[0])(feats_in))
                 trainer = keras.Model(feats_in, head_out, name="head")

@@ -48,7 +48,8 @@ def tiny(tmp_path) -> Path:
 
 def base_args(tiny: Path, run_dir: Path, *extra: str) -> list[str]:
     return ["transfer", "--preset", "smoke", "--variant", str(tiny), "--run-dir", str(run_dir), "--no-progress",
-            "--limit-train", "192", "--limit-val", "64", *extra]
+            "--limit-train", "192", "--limit-val", "64", "--cache-dir", str(run_dir.parent / "cache" / "datasets"),
+            *extra]
 
 
 def test_run_writes_the_whole_run_dir(run_cli, tiny, tmp_path):
@@ -184,8 +185,14 @@ def test_linear_probe_trains_only_the_head_on_cached_features(run_cli, tiny, tmp
     code, _, err = run_cli(*base_args(tiny, run_dir, "--strategy", "linear-probe", "--weights",
                                       str(tmp_path / "pre.weights.h5"), "--epochs", "3", "--lr", "0.01"))
     assert code == 0, err
-    feats = np.load(run_dir / "features" / "train.npy")
-    assert feats.shape == (192, 32)
+    assert "train features (32 per image): computed once and cached" in err
+    state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
+    feats = np.load(state["extra"]["features_train"])
+    assert feats.shape == (192, 32) and Path(state["extra"]["features_train"]).parent == tmp_path / "cache" / "features"
+    # A second probe of the same backbone on the same images (another learning rate) reuses them.
+    code, _, err = run_cli(*base_args(tiny, tmp_path / "run2", "--strategy", "linear-probe", "--weights",
+                                      str(tmp_path / "pre.weights.h5"), "--epochs", "2", "--lr", "0.05"))
+    assert code == 0 and "train features (32 per image): reused from the cache" in err
     import keras
 
     trained = keras.models.load_model(run_dir / "checkpoints" / "last.keras").get_layer("efficientnet")
