@@ -536,6 +536,7 @@ def make_batches(
     augment: Sequence[str] = (),
     seed: int = 0,
     one_hot: bool = True,
+    deterministic: bool | None = None,
 ):
     """Batches of ``(float32 images at native size, labels)`` for ``model.fit``/``evaluate``.
 
@@ -553,11 +554,11 @@ def make_batches(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     augment = tuple(augment) if training else ()
     if _use_tf_data():
-        return _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot)
+        return _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot, deterministic)
     return _numpy_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot)
 
 
-def _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot):
+def _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot, deterministic=None):
     import tensorflow as tf
 
     n = len(y)
@@ -586,7 +587,9 @@ def _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot)
 
         ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = not training
+    # Training batches may arrive out of order for speed unless ``deterministic`` (the grid
+    # search asks for it: a trial's score must not depend on thread timing).
+    options.deterministic = (not training) if deterministic is None else deterministic
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 

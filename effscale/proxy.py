@@ -4,8 +4,9 @@
 seeded subset of the dataset) and is the ``run_trial`` callable the search loop calls,
 locally or shipped once to Ray workers. Each call runs ``run_proxy_trial``:
 
-1. ``keras.utils.set_random_seed(seed)``: with the same seed every candidate starts from
-   the same data order, so seeds measure training noise and nothing else;
+1. ``keras.utils.set_random_seed(seed)`` and a deterministic input pipeline: with the
+   same seed every candidate sees the same data order, and a trial gives the same score
+   whichever process (local, a Ray worker, a resumed run) runs it;
 2. the candidate's network (``search.proxy_network``: the proxy base scaled by alpha,
    beta, gamma with the official rounding) behind a ``Resizing`` layer, so images stay at
    their native size in memory and gamma only changes the model's input size;
@@ -160,7 +161,7 @@ def run_proxy_trial(spec: TrialSpec, config: GridConfig, dataset) -> dict:
                     first["t"] = time.perf_counter()
 
         train = make_batches(dataset.x_train, dataset.y_train, batch_size=config.batch_size,
-                             num_classes=dataset.num_classes, training=True, seed=spec.seed)
+                             num_classes=dataset.num_classes, training=True, seed=spec.seed, deterministic=True)
         history = model.fit(train, epochs=spec.epochs, verbose=0, callbacks=[FirstStep()])
         t3 = time.perf_counter()
         timings["train"] = t3 - t2

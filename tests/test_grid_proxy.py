@@ -36,6 +36,11 @@ def test_proxy_trial_trains_scores_and_times_itself(tiny):
     assert result["timings"]["train"] >= result["timings"]["first_step"]
     # clear_session ran: a fresh model gets the default names again
     assert keras.layers.Dense(1).name == "dense"
+    # the score does not depend on what ran before in the process (resume, Ray workers)
+    trainer(TrialSpec(Candidate(1.0, 1.0, 1.4142), "resolution-only", 1, 0, 1))
+    again = trainer(TrialSpec(Candidate(1.2, 1.1, 1.15), "paper", 0, 0, 1))
+    assert again["metrics"]["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-5)
+    assert again["metrics"]["val_accuracy"] == metrics["val_accuracy"]
 
 
 def test_bn_recalibration_sets_the_exact_average_of_batch_statistics(tiny):
