@@ -597,12 +597,41 @@ def load_config_dataset(config: TransferConfig):
                         limit_train=config.limit_train, limit_val=config.limit_val, seed=config.seed)
 
 
-def transfer(config: TransferConfig, run: RunDir, progress: bool = True, data=None) -> dict:
+def distribution_scope(enabled: bool):
+    """Data parallelism over every visible device, by the backend's standard mechanism."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy()
+        console.info(f"data parallel: MirroredStrategy over {strategy.num_replicas_in_sync} replica(s)")
+        return strategy.scope()
+    if backend == "jax":
+        distribution = keras.distribution.DataParallel()
+        keras.distribution.set_distribution(distribution)
+        console.info(f"data parallel: keras.distribution.DataParallel over {len(distribution.device_mesh.devices)} device(s)")
+        return contextlib.nullcontext()
+    from effscale.errors import ConfigError
+
+    raise ConfigError(f"--distribute supports the tensorflow and jax backends, not {backend}")
+
+
+def transfer(config: TransferConfig, run: RunDir, progress: bool = True, data=None, distribute: bool = False) -> dict:
     """Train ``config`` in ``run`` (fresh or resumed); writes metrics.json; returns it.
 
     ``data`` is the already loaded ``ImageDataset`` (the CLI loads it before creating the
     run directory, so a bad dataset leaves nothing behind); loaded here when omitted.
+    ``distribute`` trains data-parallel over all visible devices (``distribution_scope``).
     """
+    with distribution_scope(distribute):
+        return _transfer(config, run, progress, data)
+
+
+def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict:
     from effscale.cost import network_cost
     from effscale.data import make_batches
     from effscale.schemas import resolve_network

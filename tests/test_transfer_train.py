@@ -255,3 +255,12 @@ def test_runs_under_jax_with_the_numpy_pipeline(tiny, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((run_dir / "manifest.json").read_text())["backend"] == "jax"
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_done"] == 1
+
+
+def test_distribute_runs_under_mirrored_strategy(run_cli, tiny, tmp_path):
+    """--distribute builds and trains inside a MirroredStrategy (one CPU replica here)."""
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(*base_args(tiny, run_dir, "--epochs", "1", "--distribute"))
+    assert code == 0, err
+    assert "data parallel: MirroredStrategy over 1 replica(s)" in err
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "complete"

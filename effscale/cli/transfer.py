@@ -67,9 +67,12 @@ def _augment(ctx, param, value):
 @click.option("--overwrite", is_flag=True, help="Replace an existing --run-dir.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as JSON and exit.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (one line per epoch only).")
+@click.option("--distribute", is_flag=True,
+              help="Data-parallel over all visible GPUs (MirroredStrategy under TensorFlow, DataParallel under JAX).")
 @click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True,
               help="How to print the final tables.")
-def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_config, no_progress, fmt, **flags):
+def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_config, no_progress, distribute, fmt,
+             **flags):
     """Fine-tune an EfficientNet variant and write a run directory with reports.
 
     \b
@@ -150,7 +153,7 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
                 console.info(f"run directory: {run.path}")
             logger.info("transfer %s", config.to_dict())
             try:
-                train.transfer(config, run, progress=not no_progress, data=data)
+                train.transfer(config, run, progress=not no_progress, data=data, distribute=distribute)
             finally:
                 if (run.path / "checkpoints" / "state.json").exists():
                     transfer_report.write_reports(run)
