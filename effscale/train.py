@@ -673,7 +673,8 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
     ckpt.extra.update({"params": int(model.count_params()), "macs": int(cost.macs)})
 
     train_batches = make_batches(data.x_train, data.y_train, batch_size=config.batch_size, num_classes=num_classes,
-                                 training=True, augment=config.augment, seed=config.seed)
+                                 training=True, augment=config.augment, seed=config.seed,
+                                 deterministic=True)  # same seed, same batches: runs are reproducible
     val_batches = make_batches(data.x_val, data.y_val, batch_size=config.batch_size, num_classes=num_classes,
                                training=False)
     if config.strategy != "linear-probe":
