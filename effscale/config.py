@@ -251,8 +251,10 @@ def resolve_transfer_config(recipe: str = "default", preset: str | None = None, 
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    config = base or TransferConfig()
-    config = replace(config, recipe=recipe, preset=preset, **RECIPES[recipe])
+    if base is not None and base.recipe == recipe:
+        config = replace(base, preset=preset)  # a saved config already holds its recipe's values
+    else:
+        config = replace(base or TransferConfig(), recipe=recipe, preset=preset, **RECIPES[recipe])
     if preset is not None:
         config = replace(config, **PRESETS[preset])
     given = {k: v for k, v in overrides.items() if v is not None}

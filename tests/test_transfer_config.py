@@ -90,3 +90,12 @@ def test_phases():
     assert two.phase_learning_rate("head") == two.learning_rate
     assert two.phase_learning_rate("all") == two.finetune_learning_rate
     assert scratch.phase_learning_rate("all") == scratch.learning_rate
+
+
+def test_saved_config_keeps_its_values_and_flags_still_win(tmp_path):
+    saved = resolve_transfer_config("seed", learning_rate=0.01, epochs=3)
+    path = tmp_path / "config.json"
+    path.write_text(saved.to_json())
+    base = read_transfer_config(path)
+    assert resolve_transfer_config(base.recipe, base=base) == saved  # the recipe is not re-applied over it
+    assert resolve_transfer_config(base.recipe, base=base, epochs=5).epochs == 5
