@@ -148,7 +148,7 @@ def grid_constraint_surface(rows, budget: float, path: str | os.PathLike, title:
     if scored:
         points = ax.scatter([r["beta"] for r in scored], [r["gamma"] for r in scored], [r["alpha"] for r in scored],
                             c=[100 * r["acc_mean"] for r in scored], cmap="viridis", s=30, depthshade=False)
-        fig.colorbar(points, ax=ax, shrink=0.6, label="validation accuracy (%)")
+        fig.colorbar(points, ax=ax, shrink=0.6, pad=0.12, label="validation accuracy (%)")
     unscored = [r for r in rows if r.get("acc_mean") is None]
     if unscored:
         ax.scatter([r["beta"] for r in unscored], [r["gamma"] for r in unscored], [r["alpha"] for r in unscored],

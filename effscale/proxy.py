@@ -30,7 +30,6 @@ Ray) without it.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 
@@ -133,68 +132,81 @@ def build_proxy_model(spec: TrialSpec, config: GridConfig, image_shape, num_clas
 
 
 def run_proxy_trial(spec: TrialSpec, config: GridConfig, dataset) -> dict:
+    """One trial: build, train, recalibrate BN, evaluate, tear down; metrics and timings."""
     import keras
-
-    from effscale.data import make_batches
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     keras.utils.set_random_seed(1000 * config.data_seed + spec.seed)
-    model = None
     try:
-        model = build_proxy_model(spec, config, dataset.image_shape, dataset.num_classes)
-        t1 = time.perf_counter()
-        timings["build"] = t1 - t0
-        steps_per_epoch = -(-len(dataset.y_train) // config.batch_size)
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps_per_epoch * spec.epochs,
-                                                          alpha=0.01)
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss="categorical_crossentropy",
-                      metrics=["accuracy"])
-        t2 = time.perf_counter()
-        timings["compile"] = t2 - t1
-
-        first = {}
-
-        class FirstStep(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if not first:
-                    first["t"] = time.perf_counter()
-
-        train = make_batches(dataset.x_train, dataset.y_train, batch_size=config.batch_size,
-                             num_classes=dataset.num_classes, training=True, seed=spec.seed, deterministic=True)
-        history = model.fit(train, epochs=spec.epochs, verbose=0, callbacks=[FirstStep()])
-        t3 = time.perf_counter()
-        timings["train"] = t3 - t2
-        timings["first_step"] = first.get("t", t3) - t2
-        steps = steps_per_epoch * spec.epochs
-        timings["step"] = (t3 - first.get("t", t2)) / max(1, steps - 1)
-        timings["tracing"] = max(0.0, timings["first_step"] - timings["step"])
-
-        used = recalibrate_batchnorm(model, dataset.x_train, config.bn_recalibration_batches,
-                                     config.batch_size, seed=spec.seed)
-        t4 = time.perf_counter()
-        timings["recalibrate"] = t4 - t3
-        val = make_batches(dataset.x_val, dataset.y_val, batch_size=max(config.batch_size, 256),
-                           num_classes=dataset.num_classes, training=False)
-        val_loss, val_acc = model.evaluate(val, verbose=0)
-        t5 = time.perf_counter()
-        timings["evaluate"] = t5 - t4
-        rows = [{k: float(v[i]) for k, v in history.history.items()} | {"epoch": i + 1}
-                for i in range(len(history.history.get("loss", [])))]
-        metrics = {"val_accuracy": float(val_acc), "val_loss": float(val_loss),
-                   "train_accuracy": rows[-1].get("accuracy") if rows else None,
-                   "train_loss": rows[-1].get("loss") if rows else None,
-                   "val_count": int(len(dataset.y_val)), "bn_recalibration_batches": used,
-                   "params": int(model.count_params())}
+        # Every Keras object lives inside _train_and_score, so none is alive at clear_session.
+        metrics, rows = _train_and_score(spec, config, dataset, timings, t0)
     finally:
         t6 = time.perf_counter()
-        del model
-        keras.backend.clear_session()
-        t7 = time.perf_counter()
-        gc.collect()
+        # No gc.collect(): TF keeps every traced graph alive (a leak in TF/Keras, ~180k objects a
+        # trial), so each full collection walks all earlier trials' graphs and grew to ~10 s by
+        # trial 20; Python's own collector still frees the models' reference cycles.
+        keras.backend.clear_session(free_memory=False)
         timings["teardown"] = time.perf_counter() - t6
-        timings["teardown_gc"] = time.perf_counter() - t7
     timings["total"] = time.perf_counter() - t0
     timings["overhead"] = timings["build"] + timings["compile"] + timings["teardown"]
     return {"metrics": metrics, "images_seen": int(len(dataset.y_train)) * spec.epochs,
             "timings": {k: round(v, 4) for k, v in timings.items()}, "history": rows}
+
+
+class _FirstStep:
+    """A Keras callback recording when the first training step ends (graph tracing included)."""
+
+    @staticmethod
+    def make(store: dict):
+        import keras
+
+        class FirstStep(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if "t" not in store:
+                    store["t"] = time.perf_counter()
+
+        return FirstStep()
+
+
+def _train_and_score(spec: TrialSpec, config: GridConfig, dataset, timings: dict, t0: float):
+    import keras
+
+    from effscale.data import make_batches
+
+    model = build_proxy_model(spec, config, dataset.image_shape, dataset.num_classes)
+    t1 = time.perf_counter()
+    timings["build"] = t1 - t0
+    steps_per_epoch = -(-len(dataset.y_train) // config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps_per_epoch * spec.epochs, alpha=0.01)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="categorical_crossentropy", metrics=["accuracy"])
+    t2 = time.perf_counter()
+    timings["compile"] = t2 - t1
+
+    first: dict = {}
+    train = make_batches(dataset.x_train, dataset.y_train, batch_size=config.batch_size,
+                         num_classes=dataset.num_classes, training=True, seed=spec.seed, deterministic=True)
+    history = model.fit(train, epochs=spec.epochs, verbose=0, callbacks=[_FirstStep.make(first)])
+    t3 = time.perf_counter()
+    timings["train"] = t3 - t2
+    timings["first_step"] = first.get("t", t3) - t2
+    steps = steps_per_epoch * spec.epochs
+    timings["step"] = (t3 - first.get("t", t2)) / max(1, steps - 1)
+    timings["tracing"] = max(0.0, timings["first_step"] - timings["step"])
+
+    used = recalibrate_batchnorm(model, dataset.x_train, config.bn_recalibration_batches, config.batch_size,
+                                 seed=spec.seed)
+    t4 = time.perf_counter()
+    timings["recalibrate"] = t4 - t3
+    val = make_batches(dataset.x_val, dataset.y_val, batch_size=max(config.batch_size, 256),
+                       num_classes=dataset.num_classes, training=False)
+    val_loss, val_acc = model.evaluate(val, verbose=0)
+    timings["evaluate"] = time.perf_counter() - t4
+    logs = dict(history.history)
+    rows = [{k: float(v[i]) for k, v in logs.items()} | {"epoch": i + 1} for i in range(len(logs.get("loss", [])))]
+    metrics = {"val_accuracy": float(val_acc), "val_loss": float(val_loss),
+               "train_accuracy": rows[-1].get("accuracy") if rows else None,
+               "train_loss": rows[-1].get("loss") if rows else None,
+               "val_count": int(len(dataset.y_val)), "bn_recalibration_batches": used,
+               "params": int(model.count_params())}
+    return metrics, rows
