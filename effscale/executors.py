@@ -35,6 +35,7 @@ RunTrial = Callable[[TrialSpec], dict]
 Start = Callable[[TrialSpec], None]
 Finish = Callable[[TrialSpec, "dict | None", "BaseException | None", float], None]
 MAX_FAILURES_IN_A_ROW = 3
+RAY_TRIALS_PER_WORKER = 8
 
 
 def _one_line(exc: BaseException) -> str:
@@ -101,7 +102,10 @@ class RayExecutor:
                 self.ray.init(**kwargs)
             except ConnectionError as exc:
                 raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-        self._remote = self.ray.remote(_ray_trial).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)
+        # max_calls: a fresh worker process every few trials bounds the memory TensorFlow keeps
+        # for traced graphs (see docs/grid.md, Limitations).
+        self._remote = self.ray.remote(max_calls=RAY_TRIALS_PER_WORKER)(_ray_trial).options(
+            num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)
 
     def capacity(self) -> int:
         resources = self.ray.cluster_resources()
