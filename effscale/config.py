@@ -272,15 +272,9 @@ def resolve_transfer_config(recipe: str = "default", preset: str | None = None, 
 
 
 def read_transfer_config(path) -> TransferConfig:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read transfer config {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"transfer config {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    from effscale.schemas import read_json_object
+
+    data = read_json_object(Path(path), "transfer config")
     if isinstance(data, dict) and "config" in data and "command" in data:
         data = data["config"]  # a run's manifest.json works too
     return TransferConfig.from_dict(data).validate()

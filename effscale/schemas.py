@@ -21,7 +21,8 @@ COEFFICIENTS_SCHEMA = "effscale/coefficients@1"
 VARIANT_SCHEMA = "effscale/variant@1"
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from ``path``, or a one-line ConfigError naming ``what`` was wrong."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -77,7 +78,7 @@ def read_coefficients(path) -> tuple[ScalingCoefficients, dict]:
                 "or a coefficients JSON file"
             )
         path = candidate
-    data = _read_json(path, "coefficients file")
+    data = read_json_object(path, "coefficients file")
     schema = data.get("schema", COEFFICIENTS_SCHEMA)
     if schema != COEFFICIENTS_SCHEMA:
         raise ConfigError(f"{path}: schema {schema!r} is not {COEFFICIENTS_SCHEMA!r}")
@@ -87,28 +88,24 @@ def read_coefficients(path) -> tuple[ScalingCoefficients, dict]:
     return coefficients, data
 
 
-def variant_document(variant: Variant, network: NetworkSpec, cost, coefficients=None) -> dict:
+def variant_document(variant: Variant, coefficients: ScalingCoefficients | None = None) -> dict:
+    """The variant file's content: the summary keys of ``effscale scale`` plus the network."""
+    from effscale.scale_report import variant_record
+
+    record = variant_record(variant)
+    keys = ("name", "family", "source", "phi", "width", "depth", "resolution", "dropout", "params", "flops")
     return {
         "schema": VARIANT_SCHEMA,
-        "name": variant.name,
-        "family": variant.family,
-        "source": variant.source,
-        "phi": variant.phi,
-        "width": variant.width_mult,
-        "depth": variant.depth_mult,
-        "resolution": variant.resolution,
-        "dropout": variant.dropout_rate,
-        "params": cost.params,
-        "flops": cost.macs,
+        **{key: record[key] for key in keys},
         "coefficients": coefficients.to_dict() if coefficients else None,
-        "network": network.to_dict(),
+        "network": scale_network(variant).to_dict(),
     }
 
 
 def read_variant_file(path) -> tuple[str, NetworkSpec]:
     """Name and network of a file written by ``effscale scale --output``."""
     path = Path(path)
-    data = _read_json(path, "variant file")
+    data = read_json_object(path, "variant file")
     if data.get("schema") != VARIANT_SCHEMA:
         raise ConfigError(f"{path}: not an effscale variant file (expected schema {VARIANT_SCHEMA!r})")
     if not isinstance(data.get("network"), dict):

@@ -187,13 +187,9 @@ def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_
 
 
 def _write_variant(record: dict, coefficients, output: Path) -> None:
-    from effscale.cost import network_cost
     from effscale.fsutil import atomic_write_json
     from effscale.scale_report import record_variant
-    from effscale.scaling import scale_network
     from effscale.schemas import variant_document
 
-    variant = record_variant(record)
-    network = scale_network(variant)
-    atomic_write_json(output, variant_document(variant, network, network_cost(network), coefficients))
+    atomic_write_json(output, variant_document(record_variant(record), coefficients))
     console.info(f"wrote {output}")
