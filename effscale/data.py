@@ -39,7 +39,9 @@ import numpy as np
 
 from effscale.errors import DatasetError
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from effscale.backend import set_defaults  # noqa: E402
+
+set_defaults()
 
 CACHE_VERSION = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

@@ -13,10 +13,11 @@ transfer accuracy, so ``check_input_range`` refuses or warns about it.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from effscale.backend import set_defaults  # noqa: E402
+
+set_defaults()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

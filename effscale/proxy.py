@@ -30,7 +30,6 @@ Ray) without it.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -38,7 +37,9 @@ import numpy as np
 from effscale.grid_config import GridConfig
 from effscale.search import TrialSpec, proxy_network
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from effscale.backend import set_defaults  # noqa: E402
+
+set_defaults()
 
 
 class ProxyTrainer:

@@ -30,7 +30,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from effscale.backend import set_defaults  # noqa: E402
+
+set_defaults()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
