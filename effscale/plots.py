@@ -20,11 +20,15 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename) and always close the figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        _pyplot().close(fig)
     return path
 
 
@@ -59,10 +63,7 @@ def learning_curves(history, path: str | os.PathLike, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def per_class_accuracy(frame, path: str | os.PathLike, title: str = "", limit: int = 100) -> Path:
@@ -78,10 +79,7 @@ def per_class_accuracy(frame, path: str | os.PathLike, title: str = "", limit: i
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 # --- effscale grid ---------------------------------------------------------------------------
@@ -125,10 +123,7 @@ def grid_accuracy_vs_macs(rows, path: str | os.PathLike, title: str = "") -> Pat
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def grid_constraint_surface(rows, budget: float, path: str | os.PathLike, title: str = "") -> Path:
@@ -161,7 +156,4 @@ def grid_constraint_surface(rows, budget: float, path: str | os.PathLike, title:
     ax.set_ylabel("gamma (resolution)")
     ax.set_zlabel("alpha (depth)")
     ax.set_title(title or f"candidates on alpha*beta^2*gamma^2 = {budget:g}")
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
