@@ -29,7 +29,7 @@ from effscale.arch import NetworkSpec
 from effscale.cost import network_cost
 from effscale.errors import ConfigError
 from effscale.grid_config import GridConfig
-from effscale.scaling import Variant, round_filters, scale_network  # noqa: F401 (round_filters: docs)
+from effscale.scaling import Variant, scale_network
 
 PAPER_POINT = (1.2, 1.1, 1.15)
 MAX_CANDIDATES = 2000
