@@ -125,10 +125,15 @@ def summary_record(manifest: dict, metrics: dict | None, state: dict | None) -> 
     }
 
 
+def _class_names(metrics: dict) -> list[str]:
+    """The run's class names, or the confusion matrix's indices when none were recorded."""
+    return metrics.get("class_names") or [str(i) for i in range(len(metrics["confusion"]))]
+
+
 def per_class_records(metrics: dict | None) -> list[dict]:
     if not metrics or not metrics.get("confusion"):
         return []
-    names = metrics.get("class_names") or [str(i) for i in range(len(metrics["confusion"]))]
+    names = _class_names(metrics)
     records = []
     for i, row in enumerate(metrics["confusion"]):
         total = sum(row)
@@ -140,7 +145,7 @@ def per_class_records(metrics: dict | None) -> list[dict]:
 def confused_pairs(metrics: dict | None, top: int = TOP_CONFUSED) -> list[dict]:
     if not metrics or not metrics.get("confusion"):
         return []
-    names = metrics.get("class_names") or [str(i) for i in range(len(metrics["confusion"]))]
+    names = _class_names(metrics)
     pairs = []
     for i, row in enumerate(metrics["confusion"]):
         total = sum(row)

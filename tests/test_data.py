@@ -49,14 +49,19 @@ def write_cifar10(root: Path, as_tar: bool, rng) -> dict:
     (folder / "batches.meta").write_bytes(pickle.dumps(
         {b"label_names": [n.encode() for n in CIFAR10_CLASSES], b"num_vis": 3072}))
     if as_tar:
-        with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
-            tar.add(folder, arcname="cifar-10-batches-py")
-        for f in folder.iterdir():
-            f.unlink()
-        folder.rmdir()
+        _pack(folder, root / "cifar-10-python.tar.gz")
     truth["x"] = np.concatenate(truth["x"])
     truth["test_x"], truth["test_y"] = test, test_labels
     return truth
+
+
+def _pack(folder: Path, archive: Path) -> None:
+    """Replace ``folder`` by ``archive``, a tar.gz holding it under its own name (as released)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
 
 
 def write_cifar100(root: Path, as_tar: bool, rng) -> dict:
@@ -71,11 +76,7 @@ def write_cifar100(root: Path, as_tar: bool, rng) -> dict:
         {b"fine_label_names": [n.encode() for n in CIFAR100_CLASSES],
          b"coarse_label_names": [b"c"] * 20}))
     if as_tar:
-        with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as tar:
-            tar.add(folder, arcname="cifar-100-python")
-        for f in folder.iterdir():
-            f.unlink()
-        folder.rmdir()
+        _pack(folder, root / "cifar-100-python.tar.gz")
     return {"x": train, "y": fine, "test_x": test, "test_y": fine_test}
 
 

@@ -93,6 +93,14 @@ def write_zip(path: Path, state: dict[str, np.ndarray], pickle_bytes: bytes | No
     return path
 
 
+def write_raw_zip(path: Path, tensors: dict[str, tuple], storage: np.ndarray) -> Path:
+    """A zip checkpoint whose tensor records are given as is, over one storage named "0"."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", _tensor_pickle(tensors, legacy=False))
+        archive.writestr("archive/data/0", storage.tobytes())
+    return path
+
+
 def write_legacy(path: Path, state: dict[str, np.ndarray]) -> Path:
     tensors, blobs = _layout(state)
     with open(path, "wb") as handle:
@@ -135,11 +143,7 @@ def test_strided_views_share_a_storage(tmp_path):
         "transposed": ("0", "FloatStorage", 24, 0, (4, 6), (1, 4)),  # a (6, 4) tensor's .T
         "slice": ("0", "FloatStorage", 24, 5, (3,), (2,)),
     }
-    path = tmp_path / "views.pth"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", _tensor_pickle(tensors, legacy=False))
-        archive.writestr("archive/data/0", base.tobytes())
-    loaded = W.read_state_dict(path)
+    loaded = W.read_state_dict(write_raw_zip(tmp_path / "views.pth", tensors, base))
     np.testing.assert_array_equal(loaded["transposed"], base.reshape(6, 4).T)
     np.testing.assert_array_equal(loaded["slice"], [5.0, 7.0, 9.0])
 
@@ -230,10 +234,7 @@ def test_not_a_weights_file(tmp_path, content):
 
 def test_tensor_past_its_storage_is_refused(tmp_path):
     tensors = {"w": ("0", "FloatStorage", 4, 2, (4,), (1,))}  # needs 6 floats, storage has 4
-    path = tmp_path / "over.pth"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", _tensor_pickle(tensors, legacy=False))
-        archive.writestr("archive/data/0", np.zeros(4, "<f4").tobytes())
+    path = write_raw_zip(tmp_path / "over.pth", tensors, np.zeros(4, "<f4"))
     with pytest.raises(WeightsError, match="past the end"):
         W.read_state_dict(path)
 
@@ -251,10 +252,7 @@ def test_huge_claims_are_refused_before_allocating(tmp_path):
         W.read_state_dict(path)
     # ... and a zip tensor broadcast far past its 4-element storage.
     tensors = {"w": ("0", "FloatStorage", 4, 0, (100000, 100000), (0, 0))}
-    zpath = tmp_path / "broadcast.pth"
-    with zipfile.ZipFile(zpath, "w") as archive:
-        archive.writestr("archive/data.pkl", _tensor_pickle(tensors, legacy=False))
-        archive.writestr("archive/data/0", np.zeros(4, "<f4").tobytes())
+    zpath = write_raw_zip(tmp_path / "broadcast.pth", tensors, np.zeros(4, "<f4"))
     with pytest.raises(WeightsError, match="larger than its storage"):
         W.read_state_dict(zpath)
 
