@@ -508,15 +508,15 @@ def _progress():
 def evaluate_predictions(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    k = min(5, num_classes)
-    top = np.argsort(-probs, axis=1)[:, :k]
-    pred = top[:, 0]
+    from effscale.evaluate import score  # the same top-k scoring `effscale evaluate` reports
+
+    scores = score(probs, labels, k=min(5, num_classes))
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, pred), 1)
+    np.add.at(confusion, (labels, scores["top"][:, 0]), 1)
     picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
     return {
-        "top1": float((pred == labels).mean()),
-        "top5": float((top == labels[:, None]).any(axis=1).mean()),
+        "top1": scores["top1"],
+        "top5": scores["top5"],
         "loss": float(-np.log(picked).mean()),
         "val_images": int(len(labels)),
         "confusion": confusion.tolist(),
