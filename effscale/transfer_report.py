@@ -69,7 +69,7 @@ CONFUSED_COLUMNS = [
 ]
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json_or_none(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -78,7 +78,7 @@ def _read_json(path: Path) -> dict | None:
 
 def history_records(run: RunDir) -> list[dict]:
     """Committed epochs: ``checkpoints/state.json`` (the commit point), else history.csv."""
-    state = _read_json(run.path / "checkpoints" / "state.json")
+    state = read_json_or_none(run.path / "checkpoints" / "state.json")
     if state is not None:
         return list(state.get("history", []))
     path = run.path / "history.csv"
@@ -159,8 +159,8 @@ def confused_pairs(metrics: dict | None, top: int = TOP_CONFUSED) -> list[dict]:
 
 def tables(run: RunDir) -> dict[str, tuple[list[dict], list[Column]]]:
     manifest = run.read_manifest()
-    metrics = _read_json(run.path / "metrics.json")
-    state = _read_json(run.path / "checkpoints" / "state.json")
+    metrics = read_json_or_none(run.path / "metrics.json")
+    state = read_json_or_none(run.path / "checkpoints" / "state.json")
     history = [{k: _clean(v) for k, v in row.items()} for row in history_records(run)]
     return {
         "summary": ([summary_record(manifest, metrics, state)], SUMMARY_COLUMNS),

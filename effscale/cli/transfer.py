@@ -162,7 +162,7 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
             _discard(run)  # nothing was trained: do not leave an empty run behind
         raise
     transfer_report.render(transfer_report.tables(run), fmt)
-    metrics = transfer_report._read_json(run.path / "metrics.json") or {}
+    metrics = transfer_report.read_json_or_none(run.path / "metrics.json") or {}
     if metrics.get("status") == "nan":
         nan = metrics.get("nan_at") or {}
         raise train.TrainingStopped(
