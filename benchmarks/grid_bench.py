@@ -31,12 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from effscale.executors import run_search
-from effscale.grid_config import GridConfig
-from effscale.grid_report import ranking, summary
-from effscale.search import SearchSpace
-from effscale.store import RunDir
-from effscale.trials import TrialStore, fake_trial
+from effscale.grid.executors import run_search
+from effscale.grid.config import GridConfig
+from effscale.grid.report import ranking, summary
+from effscale.grid.search import SearchSpace
+from effscale.runs import RunDir
+from effscale.grid.trials import TrialStore, fake_trial
 
 # A small grid (6 rows incl. the 4 reference rows) with 3 rungs: eta=3 makes halving
 # train 6x1 + 2x3 + 1x9 = 21 epochs against 6x9 = 54 for the full schedule (0.39x).
@@ -61,7 +61,7 @@ def halving(args) -> int:
     if args.fake:
         trainer_for = lambda config: (functools.partial(fake_trial), 10)  # noqa: E731
     else:
-        from effscale.proxy import ProxyTrainer
+        from effscale.grid.proxy import ProxyTrainer
 
         def trainer_for(config):
             trainer = ProxyTrainer.load(config)

@@ -3,7 +3,7 @@
 Trains the default proxy base for one epoch (a rung-0 trial: ~60 steps) twice, with
 Keras's BatchNorm momentum 0.99 and with the grid's 0.9, and scores each trained network
 twice: with the moving statistics as training left them, and after recomputing them on 8
-training batches (``effscale.proxy.recalibrate_batchnorm``). The same weights are scored
+training batches (``effscale.grid.proxy.recalibrate_batchnorm``). The same weights are scored
 both ways, so the difference is the statistics alone.
 
     python benchmarks/grid_bn.py --dataset ../shared/data/cifar10-jpeg.tar.gz
@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from effscale.grid_config import GridConfig
-from effscale.search import Candidate, TrialSpec
+from effscale.grid.config import GridConfig
+from effscale.grid.search import Candidate, TrialSpec
 
 
 def main() -> int:
@@ -26,8 +26,8 @@ def main() -> int:
 
     import keras
 
-    from effscale.data import load_dataset, make_batches
-    from effscale.proxy import build_proxy_model, recalibrate_batchnorm
+    from effscale.data.datasets import load_dataset, make_batches
+    from effscale.grid.proxy import build_proxy_model, recalibrate_batchnorm
 
     base = GridConfig(dataset=args.dataset)
     data = load_dataset(base.dataset, limit_train=base.limit_train, limit_val=base.limit_val, seed=base.data_seed)

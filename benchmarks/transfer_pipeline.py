@@ -11,7 +11,7 @@
    a Python generator): speed ratio and peak-memory ratio, each in its own subprocess.
 3. probe: ``--strategy linear-probe`` (features computed once, head trained on them)
    against running the frozen backbone every epoch (``last-layers 2``), 5 epochs each,
-   through ``effscale.train.transfer`` with real run directories.
+   through ``effscale.transfer.train.transfer`` with real run directories.
 
 Real CIFAR-10 images from ../shared/data (EFFSCALE_SHARED_DATA) when present, synthetic
 otherwise. Timings on a shared CPU are noisy: compare ratios from one run only.
@@ -34,7 +34,7 @@ SHARED = Path(os.environ.get("EFFSCALE_SHARED_DATA", ROOT.parent / "shared" / "d
 
 
 def dataset(n_train: int, n_val: int = 256):
-    from effscale.data import load_dataset
+    from effscale.data.datasets import load_dataset
 
     tar = SHARED / "cifar10-jpeg.tar.gz"
     name = str(tar) if tar.is_file() else "synthetic"
@@ -42,9 +42,9 @@ def dataset(n_train: int, n_val: int = 256):
 
 
 def model_for(image_size: int, num_classes: int = 10, native: int = 32):
-    from effscale.config import TransferConfig
+    from effscale.transfer.config import TransferConfig
     from effscale.schemas import resolve_network
-    from effscale.train import build_transfer_model, compile_model, make_optimizer
+    from effscale.transfer.train import build_transfer_model, compile_model, make_optimizer
 
     config = TransferConfig(weights="none", image_size=image_size, label_smoothing=0.0)
     _, spec = resolve_network("b0")
@@ -63,7 +63,7 @@ def efficiency(image_size=64, batch=64, steps=60, warmup=5, rounds=3) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from effscale.data import make_batches
+    from effscale.data.datasets import make_batches
 
     data = dataset(batch * (steps + warmup))
     model = model_for(image_size)
@@ -147,7 +147,7 @@ def _group_child(n: int, image_size: int, batch: int) -> dict:
 
 
 def _ours_child(n: int, image_size: int, batch: int) -> dict:
-    from effscale.data import make_batches
+    from effscale.data.datasets import make_batches
 
     data = dataset(n)
     model = model_for(image_size)
@@ -199,9 +199,9 @@ def group(n=4096, image_size=128, batch=32, rounds=2) -> dict:
 def probe(n=2048, n_val=512, image_size=64, epochs=5) -> dict:
     """Cold: features computed in this run. Warm: a second probe run reusing them (say, another
     head learning rate). Frozen: the backbone runs every epoch (last-layers 2: dropout + dense)."""
-    from effscale.config import resolve_transfer_config
-    from effscale.store import RunDir
-    from effscale.train import transfer
+    from effscale.transfer.config import resolve_transfer_config
+    from effscale.runs import RunDir
+    from effscale.transfer.train import transfer
 
     data = dataset(n, n_val)
     times = {}

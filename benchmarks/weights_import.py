@@ -2,7 +2,7 @@
 
     python benchmarks/weights_import.py
 
-1. read: ``effscale.weights.read_state_dict`` (restricted unpickler + numpy, no torch)
+1. read: ``effscale.weights.load.read_state_dict`` (restricted unpickler + numpy, no torch)
    against ``torch.load(weights_only=True)`` on the three registry checkpoints, when torch
    is installed (otherwise only effscale's absolute time is printed).
 2. load: reading + architecture check + conversion + ``set_weights`` into a built Lite0,
@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from effscale import weights as W  # noqa: E402
+from effscale.weights import load as W  # noqa: E402
 
 
 def best_of(fn, repeats: int = 5) -> float:
@@ -53,8 +53,8 @@ def bench_read() -> None:
 
 
 def bench_load() -> None:
-    from effscale.keras_model import build_model
-    from effscale.scaling import published_variant, scale_network
+    from effscale.net.keras_model import build_model
+    from effscale.net.scaling import published_variant, scale_network
 
     spec = scale_network(published_variant("lite0"))
     start = time.perf_counter()

@@ -3,7 +3,7 @@
 Two kinds of model (``load_model``):
 
 * a variant with weights: ``build_model(spec)`` with its 1000-class ImageNet head, then
-  ``effscale.weights.load_pretrained`` (``--variant lite0 --weights lite0``);
+  ``effscale.weights.load.load_pretrained`` (``--variant lite0 --weights lite0``);
 * a saved ``.keras`` model, or a transfer run directory (its ``checkpoints/best.keras``
   and the class names from ``metrics.json``).
 
@@ -124,7 +124,7 @@ def load_images(dataset: str, split: str | None = None, data_dir=None, cache_dir
     Image folders may hold only a val/ (or test/) split, as Imagenette's does. ``split``
     defaults to the first of val, test, validation, else train.
     """
-    from effscale import data as D
+    from effscale.data import datasets as D
 
     key = str(dataset).strip()
     if key.lower() in D.CIFAR or key.lower() == "synthetic":
@@ -186,8 +186,8 @@ def model_from_variant(variant: str, weights: str, image_size: int | None = None
 
     ``checked`` is ``check_variant_weights``'s result when the caller validated first.
     """
-    from effscale.keras_model import build_model
-    from effscale.weights import checkpoint_classes, load_state_dict
+    from effscale.net.keras_model import build_model
+    from effscale.weights.load import checkpoint_classes, load_state_dict
 
     name, spec, state, description = checked or check_variant_weights(variant, weights, image_size)
     model = build_model(spec, num_classes=checkpoint_classes(state), name=name)
@@ -201,7 +201,7 @@ def check_variant_weights(variant: str, weights: str, image_size: int | None = N
     before any model is built (a wrong checkpoint fails in a fraction of a second)."""
     from effscale.schemas import resolve_network
     from effscale.errors import WeightsError
-    from effscale.weights import checkpoint_classes, read_checked
+    from effscale.weights.load import checkpoint_classes, read_checked
 
     name, spec = resolve_network(variant)
     if image_size:
@@ -331,7 +331,7 @@ def evaluate(loaded: LoadedModel, images: EvalImages, label_map: LabelMap | None
     x = images.x
     if size is not None and (x.shape[1:3] != (size, size) or resize == "crop"):
         x = resize_images(x, size, resize)
-    from effscale.keras_model import check_input_range
+    from effscale.net.keras_model import check_input_range
 
     check_input_range(x[:batch_size].astype(np.float32), pretrained=True)
     probs, timing = predict(loaded.model, x, batch_size)

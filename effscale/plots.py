@@ -95,7 +95,7 @@ _ROLE_STYLE = {  # role -> (marker, color)
 def grid_accuracy_vs_macs(rows, path: str | os.PathLike, title: str = "") -> Path:
     """Validation accuracy against *measured* MACs (x the proxy base) for every grid row.
 
-    ``rows`` are ``effscale.grid_report.ranking`` records. Error bars are the rows' noise
+    ``rows`` are ``effscale.grid.report.ranking`` records. Error bars are the rows' noise
     (standard error); hollow markers stopped at an earlier halving rung; reference rows
     (paper point, single-axis baselines) are labelled.
     """

@@ -12,10 +12,10 @@ import json
 import math
 from pathlib import Path
 
-from effscale.arch import NetworkSpec
+from effscale.net.arch import NetworkSpec
 from effscale.errors import ConfigError
 from effscale.fsutil import atomic_write_json
-from effscale.scaling import ScalingCoefficients, Variant, published_variant, scale_network
+from effscale.net.scaling import ScalingCoefficients, Variant, published_variant, scale_network
 
 COEFFICIENTS_SCHEMA = "effscale/coefficients@1"
 VARIANT_SCHEMA = "effscale/variant@1"
@@ -90,7 +90,7 @@ def read_coefficients(path) -> tuple[ScalingCoefficients, dict]:
 
 def variant_document(variant: Variant, coefficients: ScalingCoefficients | None = None) -> dict:
     """The variant file's content: the summary keys of ``effscale scale`` plus the network."""
-    from effscale.scale_report import variant_record
+    from effscale.scale.report import variant_record
 
     record = variant_record(variant)
     keys = ("name", "family", "source", "phi", "width", "depth", "resolution", "dropout", "params", "flops")

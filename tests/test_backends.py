@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = """
 import sys, numpy as np
-from effscale.scaling import compound, scale_network
-from effscale.keras_model import build_model, set_model_weights
+from effscale.net.scaling import compound, scale_network
+from effscale.net.keras_model import build_model, set_model_weights
 import keras
 data = np.load(sys.argv[1])
 model = build_model(scale_network(compound(0.5)), num_classes=10, image_size=64)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from effscale.schemas import read_variant_file, write_coefficients
-from effscale.scaling import ScalingCoefficients, compound, scale_network
+from effscale.net.scaling import ScalingCoefficients, compound, scale_network
 
 JSON_KEYS = {"name", "phi", "width", "depth", "resolution", "dropout", "params", "flops", "stages"}
 

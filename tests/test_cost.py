@@ -1,8 +1,8 @@
 import pytest
 
-from effscale.arch import BASELINE
-from effscale.cost import network_cost
-from effscale.scaling import published_variant, scale_network
+from effscale.net.arch import BASELINE
+from effscale.net.cost import network_cost
+from effscale.net.scaling import published_variant, scale_network
 
 # keras.applications.EfficientNetB0..B7(weights=None).count_params(), 1000-class top.
 KERAS_PARAMS = {

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effscale.data import (
+from effscale.data.datasets import (
     CIFAR100_CLASSES,
     CIFAR10_CLASSES,
     dataset_label,
@@ -272,7 +272,7 @@ def test_real_cifar10_jpeg_tarball(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_batches_shapes_and_augmentation():
-    from effscale.data import make_batches
+    from effscale.data.datasets import make_batches
 
     ds = load_dataset("synthetic", limit_train=100, limit_val=30)
     train = make_batches(ds.x_train, ds.y_train, batch_size=32, num_classes=10, training=True,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from effscale.grid_config import preset
-from effscale.search import SearchSpace
-from effscale.store import RunDir
-from effscale.trials import TrialStore
+from effscale.grid.config import preset
+from effscale.grid.search import SearchSpace
+from effscale.runs import RunDir
+from effscale.grid.trials import TrialStore
 
 SMOKE = ["grid", "--preset", "smoke", "--dataset", "synthetic", "--fake-trials", "0"]
 SMOKE_SPACE = SearchSpace.from_config(preset("smoke").replace(dataset="synthetic"))

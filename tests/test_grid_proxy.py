@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from effscale.grid_config import preset
-from effscale.search import Candidate, SearchSpace, TrialSpec
+from effscale.grid.config import preset
+from effscale.grid.search import Candidate, SearchSpace, TrialSpec
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from effscale.data import load_dataset
+    from effscale.data.datasets import load_dataset
 
     config = preset("smoke").replace(dataset="synthetic", limit_train=128, limit_val=64, batch_size=32)
     return config, load_dataset("synthetic", limit_train=128, limit_val=64, image_size=32)
@@ -22,7 +22,7 @@ def tiny():
 def test_proxy_trial_trains_scores_and_times_itself(tiny):
     import keras
 
-    from effscale.proxy import ProxyTrainer
+    from effscale.grid.proxy import ProxyTrainer
 
     config, dataset = tiny
     trainer = ProxyTrainer(config, dataset)
@@ -46,7 +46,7 @@ def test_proxy_trial_trains_scores_and_times_itself(tiny):
 def test_bn_recalibration_sets_the_exact_average_of_batch_statistics(tiny):
     import keras
 
-    from effscale.proxy import build_proxy_model, recalibrate_batchnorm
+    from effscale.grid.proxy import build_proxy_model, recalibrate_batchnorm
 
     config, dataset = tiny
     spec = TrialSpec(Candidate(1.0, 1.0, 1.0), "grid", 0, 0, 1)
@@ -71,9 +71,9 @@ def test_bn_recalibration_sets_the_exact_average_of_batch_statistics(tiny):
 
 def test_ray_executor_gives_the_same_trial_set(tmp_path):
     pytest.importorskip("ray")
-    from effscale.executors import LocalExecutor, RayExecutor, run_search
-    from effscale.store import RunDir
-    from effscale.trials import TrialStore, fake_trial
+    from effscale.grid.executors import LocalExecutor, RayExecutor, run_search
+    from effscale.runs import RunDir
+    from effscale.grid.trials import TrialStore, fake_trial
 
     space = SearchSpace.from_config(preset("smoke").replace(seeds=2))
     local = TrialStore(RunDir(tmp_path / "local"))

@@ -3,8 +3,9 @@
 import subprocess
 import sys
 
-CORE = ["errors", "arch", "scaling", "cost", "schemas", "scale_report", "console", "store", "fsutil", "backend",
-        "search", "config", "grid_config", "trials", "grid_report", "transfer_report", "plots", "weights",
+CORE = ["errors", "net.arch", "net.scaling", "net.cost", "schemas", "scale.report", "console", "runs", "fsutil",
+        "backend", "grid.search", "transfer.config", "grid.config", "grid.trials", "grid.report", "transfer.report",
+        "plots", "weights.load", "grid.executors",
         "cli", "cli.scale", "cli.report", "cli.grid", "cli.transfer", "cli.evaluate"]
 
 

@@ -10,7 +10,7 @@ REFERENCE = {"b0": "EfficientNetB0", "b1": "EfficientNetB1", "b2": "EfficientNet
 
 @pytest.fixture(scope="module")
 def keras():
-    import effscale.keras_model  # noqa: F401  (sets the default backend)
+    import effscale.net.keras_model  # noqa: F401  (sets the default backend)
     import keras
 
     return keras
@@ -19,7 +19,7 @@ def keras():
 def test_baseline_stages_equal_keras_default_blocks_args(keras):
     from keras.src.applications.efficientnet import DEFAULT_BLOCKS_ARGS
 
-    from effscale.arch import BASELINE
+    from effscale.net.arch import BASELINE
 
     ours = [s.to_dict() for s in BASELINE.stages]
     assert ours == [{k: v for k, v in a.items()} for a in DEFAULT_BLOCKS_ARGS]
@@ -27,9 +27,9 @@ def test_baseline_stages_equal_keras_default_blocks_args(keras):
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_identical_to_keras_applications(keras, name):
-    from effscale.cost import network_cost
-    from effscale.keras_model import build_model
-    from effscale.scaling import published_variant, scale_network
+    from effscale.net.cost import network_cost
+    from effscale.net.keras_model import build_model
+    from effscale.net.scaling import published_variant, scale_network
 
     spec = scale_network(published_variant(name))
     reference = getattr(keras.applications, REFERENCE[name])(weights=None)
@@ -44,8 +44,8 @@ def test_identical_to_keras_applications(keras, name):
 
 
 def test_imagenet_norm_standardises_pixels(keras):
-    from effscale.arch import BASELINE
-    from effscale.keras_model import IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB, build_model
+    from effscale.net.arch import BASELINE
+    from effscale.net.keras_model import IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB, build_model
 
     model = build_model(BASELINE, include_top=False, image_size=32)
     stem = keras.Model(model.input, model.get_layer("stem_conv_pad").input)
@@ -55,8 +55,8 @@ def test_imagenet_norm_standardises_pixels(keras):
 
 
 def test_set_model_weights_refreshes_normalization(keras):
-    from effscale.arch import BASELINE
-    from effscale.keras_model import build_model, set_model_weights
+    from effscale.net.arch import BASELINE
+    from effscale.net.keras_model import build_model, set_model_weights
 
     unit = build_model(BASELINE, include_top=False, image_size=32, input_norm="unit")
     imagenet = build_model(BASELINE, include_top=False, image_size=32)
@@ -67,8 +67,8 @@ def test_set_model_weights_refreshes_normalization(keras):
 
 
 def test_notop_pooling_and_block_names(keras):
-    from effscale.arch import BASELINE
-    from effscale.keras_model import block_names, build_model
+    from effscale.net.arch import BASELINE
+    from effscale.net.keras_model import block_names, build_model
 
     model = build_model(BASELINE, include_top=False, pooling="max", image_size=64)
     assert model.output.shape == (None, 1280)
@@ -78,7 +78,7 @@ def test_notop_pooling_and_block_names(keras):
 
 def test_input_range_check(keras):
     from effscale.errors import InputRangeError
-    from effscale.keras_model import check_input_range
+    from effscale.net.keras_model import check_input_range
 
     with pytest.raises(InputRangeError, match="expect 0-255"):
         check_input_range(np.full((2, 8, 8, 3), 0.5, "float32"), pretrained=True)

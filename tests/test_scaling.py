@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from effscale.arch import BASELINE, NetworkSpec
+from effscale.net.arch import BASELINE, NetworkSpec
 from effscale.errors import ConfigError, SanityLimitError
-from effscale.scaling import (
+from effscale.net.scaling import (
     PUBLISHED_VARIANTS,
     ScalingCoefficients,
     compound,

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from effscale.errors import ConfigError
-from effscale.grid_config import GridConfig, preset
-from effscale.search import (
+from effscale.grid.config import GridConfig, preset
+from effscale.grid.search import (
     Candidate,
     SearchSpace,
     candidate_cost,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from effscale.config import RECIPES, TransferConfig, read_transfer_config, resolve_transfer_config
+from effscale.transfer.config import RECIPES, TransferConfig, read_transfer_config, resolve_transfer_config
 from effscale.errors import ConfigError
 
 # The student group's settings as the issue states them; the seed recipe must match exactly.

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from effscale.config import TransferConfig
-from effscale.store import RunDir
-from effscale.transfer_report import confused_pairs, per_class_records, rebuild
+from effscale.transfer.config import TransferConfig
+from effscale.runs import RunDir
+from effscale.transfer.report import confused_pairs, per_class_records, rebuild
 
 # A 3-class confusion matrix (rows: true class, columns: predicted) and what it implies.
 CONFUSION = [[8, 2, 0],

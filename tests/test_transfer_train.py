@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from effscale.arch import NetworkSpec, StageSpec
+from effscale.net.arch import NetworkSpec, StageSpec
 
 pytestmark = pytest.mark.slow
 
@@ -119,8 +119,8 @@ def test_kill_9_then_resume_keeps_every_epoch_once(run_cli, tiny, tmp_path):
 
 
 def test_commit_interrupted_after_state_is_finished_on_resume(tmp_path):
-    from effscale.store import RunDir
-    from effscale.train import Checkpointer
+    from effscale.runs import RunDir
+    from effscale.transfer.train import Checkpointer
 
     run = RunDir(tmp_path)
     ckpt = tmp_path / "checkpoints"
@@ -141,8 +141,8 @@ def test_weights_files_load_and_other_architectures_are_refused(tmp_path):
     import keras
 
     from effscale.errors import WeightsError
-    from effscale.keras_model import build_model
-    from effscale.train import load_backbone_weights
+    from effscale.net.keras_model import build_model
+    from effscale.transfer.train import load_backbone_weights
 
     source = build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32, name="efficientnet")
     source.save_weights(tmp_path / "tiny8.weights.h5")
@@ -167,7 +167,7 @@ def test_weights_files_load_and_other_architectures_are_refused(tmp_path):
 
 
 def test_weights_of_another_architecture_via_cli(run_cli, tiny, tmp_path):
-    from effscale.keras_model import build_model
+    from effscale.net.keras_model import build_model
 
     build_model(tiny_network(16), include_top=False, pooling="avg", image_size=32).save_weights(
         tmp_path / "wide.weights.h5")
@@ -177,7 +177,7 @@ def test_weights_of_another_architecture_via_cli(run_cli, tiny, tmp_path):
 
 
 def test_linear_probe_trains_only_the_head_on_cached_features(run_cli, tiny, tmp_path):
-    from effscale.keras_model import build_model
+    from effscale.net.keras_model import build_model
 
     pretrained = build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32)
     pretrained.save_weights(tmp_path / "pre.weights.h5")
@@ -201,9 +201,9 @@ def test_linear_probe_trains_only_the_head_on_cached_features(run_cli, tiny, tmp
 
 
 def test_top_blocks_unfreezes_whole_blocks_and_keeps_bn_frozen():
-    from effscale.config import TransferConfig
+    from effscale.transfer.config import TransferConfig
     from effscale.schemas import resolve_network
-    from effscale.train import build_transfer_model, configure_phase
+    from effscale.transfer.train import build_transfer_model, configure_phase
 
     _, spec = resolve_network("b0")
     config = TransferConfig(strategy="top-blocks", blocks=2)
@@ -225,7 +225,7 @@ def test_nan_loss_stops_cleanly_with_report(run_cli, tiny, tmp_path):
 
 
 def test_pretrained_weights_with_0_1_inputs_are_refused(run_cli, tiny, tmp_path):
-    from effscale.keras_model import build_model
+    from effscale.net.keras_model import build_model
 
     build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32).save_weights(
         tmp_path / "pre.weights.h5")

@@ -7,11 +7,11 @@ import functools
 import pytest
 
 from effscale.errors import TrialFailed
-from effscale.executors import run_search
-from effscale.grid_config import preset
-from effscale.search import Candidate, SearchSpace, TrialSpec
-from effscale.store import RunDir
-from effscale.trials import TrialRecord, TrialStatus, TrialStore, fake_trial
+from effscale.grid.executors import run_search
+from effscale.grid.config import preset
+from effscale.grid.search import Candidate, SearchSpace, TrialSpec
+from effscale.runs import RunDir
+from effscale.grid.trials import TrialRecord, TrialStatus, TrialStore, fake_trial
 
 
 @pytest.fixture

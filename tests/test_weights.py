@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from effscale import weights as W
+from effscale.weights import load as W
 from effscale.errors import WeightsError
 
 # Golden facts about the registry checkpoints, read off the files once (and confirmed with
@@ -308,7 +308,7 @@ def test_foreign_key_names_are_named_in_the_error():
 
 
 def test_weights_module_does_not_import_keras():
-    code = "import effscale.weights, sys; print([m for m in ('keras', 'tensorflow', 'torch') if m in sys.modules])"
+    code = "import effscale.weights.load, sys; print([m for m in ('keras', 'tensorflow', 'torch') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -375,8 +375,8 @@ def test_fixture_writer_agrees_with_torch_when_installed(tmp_path):
 @pytest.mark.slow
 def test_load_into_a_headless_model_at_another_resolution():
     state = _registry_state("lite0")
-    from effscale.keras_model import build_model
-    from effscale.scaling import published_variant, scale_network
+    from effscale.net.keras_model import build_model
+    from effscale.net.scaling import published_variant, scale_network
 
     spec = scale_network(published_variant("lite0"))
     model = build_model(spec, include_top=False, pooling="avg", image_size=96)
@@ -392,8 +392,8 @@ def test_load_into_a_headless_model_at_another_resolution():
 @pytest.mark.slow
 def test_transfer_head_of_another_size_keeps_its_initialisation():
     _registry_state("lite0")
-    from effscale.keras_model import build_model
-    from effscale.scaling import published_variant, scale_network
+    from effscale.net.keras_model import build_model
+    from effscale.net.scaling import published_variant, scale_network
 
     spec = scale_network(published_variant("lite0"))
     model = build_model(spec, num_classes=10, image_size=64)

@@ -84,7 +84,7 @@ def evaluate(variant, weights, model_path, dataset, split, label_map, resize, im
     console.info(f"loading {dataset} ...")
     images = E.load_images(dataset, split, data_dir=data_dir, cache_dir=cache_dir, limit=limit)
     if variant is not None:
-        from effscale.weights import checkpoint_classes
+        from effscale.weights.load import checkpoint_classes
 
         E.target_indices(images, checkpoint_classes(checked[2]), labels, None)  # the checkpoint's head
         loaded = E.model_from_variant(variant, weights, image_size, checked)

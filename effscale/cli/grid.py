@@ -23,7 +23,7 @@ RANGE = click.Tuple([float, float])
 
 def _resolve_config(ctx: click.Context, params: dict, base: dict, overrides: dict | None = None):
     """Base (defaults, or the resumed run's settings) < preset overrides < explicit flags."""
-    from effscale.grid_config import GridConfig
+    from effscale.grid.config import GridConfig
 
     explicit = dict(overrides or {})
     for option, field in CONFIG_OPTIONS.items():
@@ -131,18 +131,18 @@ def grid(ctx, **params):
       effscale grid --resume runs/20261125-091500-grid-cifar10
       effscale scale --phi 3 --from runs/20261125-091500-grid-cifar10
     """
-    from effscale import grid_report
+    from effscale.grid import report as grid_report
     from effscale.cli import state
-    from effscale.executors import make_executor, run_search
-    from effscale.grid_config import GridConfig
-    from effscale.search import SearchSpace
-    from effscale.store import open_run_dir, prepare_run_dir, timestamp_name
-    from effscale.trials import TrialStore
+    from effscale.grid.executors import make_executor, run_search
+    from effscale.grid.config import GridConfig
+    from effscale.grid.search import SearchSpace
+    from effscale.runs import open_run_dir, prepare_run_dir, timestamp_name
+    from effscale.grid.trials import TrialStore
 
     resume_dir = params["resume_dir"]
     if params["retry_failed"] and resume_dir is None:
         raise click.UsageError("--retry-failed only applies with --resume RUN_DIR")
-    from effscale.grid_config import PRESETS
+    from effscale.grid.config import PRESETS
 
     overrides = PRESETS[params["preset"]] if params["preset"] else {}
     if resume_dir is not None:
@@ -159,7 +159,7 @@ def grid(ctx, **params):
 
     fake = params["fake_trials"]
     if fake is None:
-        from effscale.proxy import ProxyTrainer
+        from effscale.grid.proxy import ProxyTrainer
 
         trainer = ProxyTrainer.load(config, cache_dir=params["cache_dir"])
         num_classes = trainer.num_classes
@@ -168,7 +168,7 @@ def grid(ctx, **params):
     else:
         import functools
 
-        from effscale.trials import fake_trial
+        from effscale.grid.trials import fake_trial
 
         trainer = functools.partial(fake_trial, sleep=fake)
         num_classes, dataset_info, backend = 10, {"name": "fake"}, None

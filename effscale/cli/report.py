@@ -2,8 +2,8 @@
 
 Never imports Keras or TensorFlow: everything comes from the run directory's manifest,
 logs and histories. Each command's report module provides
-``rebuild(run: RunDir, fmt: str) -> None`` (``effscale.grid_report``,
-``effscale.transfer_report``).
+``rebuild(run: RunDir, fmt: str) -> None`` (``effscale.grid.report``,
+``effscale.transfer.report``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import click
 
 from effscale import console
 
-REPORTERS = {"grid": "effscale.grid_report", "transfer": "effscale.transfer_report"}
+REPORTERS = {"grid": "effscale.grid.report", "transfer": "effscale.transfer.report"}
 
 
 @click.command()
@@ -29,7 +29,7 @@ def report(run_dir: Path, fmt: str) -> None:
       effscale report runs/20261125-091500-transfer-b0-cifar10
     """
     from effscale.errors import RunDirError
-    from effscale.store import RunDir
+    from effscale.runs import RunDir
 
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is not a directory; pass a run directory written by grid or transfer")

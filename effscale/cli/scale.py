@@ -98,10 +98,10 @@ def _render_derived(record: dict, title: str) -> None:
 
 def _check_build(records: list[dict]) -> None:
     """Build each variant in Keras and compare its parameter count with the arithmetic one."""
-    from effscale import scale_report
+    from effscale.scale import report as scale_report
     from effscale.errors import EffscaleError
-    from effscale.keras_model import build_model
-    from effscale.scaling import scale_network
+    from effscale.net.keras_model import build_model
+    from effscale.net.scaling import scale_network
 
     for record in records:
         model = build_model(scale_network(scale_report.record_variant(record)))
@@ -142,8 +142,8 @@ def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_
       effscale scale --phi 3 --from runs/grid  coefficients found by effscale grid
       effscale scale --all                     B0-B7: implied phi per axis vs the formula
     """
-    from effscale import scale_report
-    from effscale.scaling import PAPER_COEFFICIENTS, ScalingCoefficients
+    from effscale.scale import report as scale_report
+    from effscale.net.scaling import PAPER_COEFFICIENTS, ScalingCoefficients
 
     chosen = [flag for flag, on in (("--phi", phi is not None), ("--all", show_all),
                                     ("--variant", variant_name is not None)) if on]
@@ -188,7 +188,7 @@ def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_
 
 def _write_variant(record: dict, coefficients, output: Path) -> None:
     from effscale.fsutil import atomic_write_json
-    from effscale.scale_report import record_variant
+    from effscale.scale.report import record_variant
     from effscale.schemas import variant_document
 
     atomic_write_json(output, variant_document(record_variant(record), coefficients))

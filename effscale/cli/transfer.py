@@ -15,7 +15,7 @@ def _augment(ctx, param, value):
     if value is None:
         return None
     names = [] if value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
-    from effscale.data import AUGMENTATIONS
+    from effscale.data.datasets import AUGMENTATIONS
 
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
@@ -83,9 +83,9 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
       effscale transfer --resume runs/20261125-101500-transfer-b0-cifar100
     """
     from effscale.cli import state
-    from effscale.config import read_transfer_config, resolve_transfer_config
+    from effscale.transfer.config import read_transfer_config, resolve_transfer_config
     from effscale.errors import EffscaleError, RunDirError
-    from effscale.store import open_run_dir, prepare_run_dir, timestamp_name
+    from effscale.runs import open_run_dir, prepare_run_dir, timestamp_name
 
     for key in ("data_dir", "cache_dir"):
         if flags.get(key) is not None:
@@ -119,7 +119,7 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
     weights = config.weights.strip().lower()
     # [issue #5] --weights lite0|lite1|lite2 and .pth files are read and checked against the
     # variant now (a fraction of a second), so a wrong checkpoint leaves no run directory.
-    from effscale.weights import REGISTRY, read_checked
+    from effscale.weights.load import REGISTRY, read_checked
 
     if weights in REGISTRY or weights.endswith((".pth", ".pt", ".bin")):
         variant_name, variant_spec = resolve_network(config.variant)
@@ -128,18 +128,19 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
         from effscale.errors import WeightsError
 
         raise WeightsError(f"weights file {config.weights} does not exist; pass --weights imagenet, none or a file path")
-    from effscale.data import load_dataset
+    from effscale.data.datasets import load_dataset
 
     console.info(f"loading dataset {config.dataset} ...")
     data = load_dataset(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
                         limit_train=config.limit_train, limit_val=config.limit_val, seed=config.seed)
     if resume_dir is None:
-        from effscale.data import dataset_label
+        from effscale.data.datasets import dataset_label
 
         variant_label = Path(config.variant).stem if config.variant.endswith(".json") else config.variant
         path = run_dir or Path("runs") / timestamp_name("transfer", variant_label, dataset_label(config.dataset))
         run = prepare_run_dir(path, overwrite=overwrite)
-    from effscale import train, transfer_report  # imports Keras
+    from effscale.transfer import report as transfer_report
+    from effscale.transfer import train  # imports Keras
     state.log_path = run.log_path
     state.resume_hint = f"effscale transfer --resume {run.path}"
     fresh = resume_dir is None

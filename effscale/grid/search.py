@@ -10,7 +10,7 @@
   the best ``1/eta`` of the entries (mean validation accuracy over seeds) to a budget
   ``eta`` times larger.
 
-The cost of a candidate is *measured* on the rounded network (``effscale.cost``), not the
+The cost of a candidate is *measured* on the rounded network (``effscale.net.cost``), not the
 formula: rounding filters to multiples of 8, repeats up and pixels to integers moves the
 real multiplier away from ``alpha * beta^2 * gamma^2``.
 
@@ -25,11 +25,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from effscale.arch import NetworkSpec
-from effscale.cost import network_cost
+from effscale.net.arch import NetworkSpec
+from effscale.net.cost import network_cost
 from effscale.errors import ConfigError
-from effscale.grid_config import GridConfig
-from effscale.scaling import Variant, scale_network
+from effscale.grid.config import GridConfig
+from effscale.net.scaling import Variant, scale_network
 
 PAPER_POINT = (1.2, 1.1, 1.15)
 MAX_CANDIDATES = 2000

@@ -2,7 +2,7 @@
 
 Library API for notebooks too::
 
-    from effscale.scale_report import derive, official
+    from effscale.scale.report import derive, official
     derive(3)            # the phi=3 variant, its cost and the nearest official one
     official()           # B0-B7 with implied phi per axis and the formula beside them
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from effscale.cost import Cost, network_cost
-from effscale.scaling import (
+from effscale.net.cost import Cost, network_cost
+from effscale.net.scaling import (
     PAPER_COEFFICIENTS,
     ScalingCoefficients,
     Variant,

@@ -1,6 +1,6 @@
 """Proxy training for ``effscale grid``: build a candidate's network, train briefly, score it.
 
-``ProxyTrainer`` loads the proxy task once (``effscale.data.load_dataset``: a fixed,
+``ProxyTrainer`` loads the proxy task once (``effscale.data.datasets.load_dataset``: a fixed,
 seeded subset of the dataset) and is the ``run_trial`` callable the search loop calls,
 locally or shipped once to Ray workers. Each call runs ``run_proxy_trial``:
 
@@ -34,8 +34,8 @@ import time
 
 import numpy as np
 
-from effscale.grid_config import GridConfig
-from effscale.search import TrialSpec, proxy_network
+from effscale.grid.config import GridConfig
+from effscale.grid.search import TrialSpec, proxy_network
 
 from effscale.backend import set_defaults  # noqa: E402
 
@@ -51,7 +51,7 @@ class ProxyTrainer:
 
     @classmethod
     def load(cls, config: GridConfig, cache_dir=None) -> ProxyTrainer:
-        from effscale.data import load_dataset
+        from effscale.data.datasets import load_dataset
 
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, cache_dir=cache_dir,
                                limit_train=config.limit_train, limit_val=config.limit_val, seed=config.data_seed)
@@ -120,8 +120,8 @@ def recalibrate_batchnorm(model, images: np.ndarray, batches: int, batch_size: i
 def build_proxy_model(spec: TrialSpec, config: GridConfig, image_shape, num_classes: int):
     import keras
 
-    from effscale.data import resizing_inputs
-    from effscale.keras_model import build_model
+    from effscale.data.datasets import resizing_inputs
+    from effscale.net.keras_model import build_model
 
     network = proxy_network(config, spec.candidate)
     inputs, x = resizing_inputs(image_shape, network.resolution)
@@ -173,7 +173,7 @@ class _FirstStep:
 def _train_and_score(spec: TrialSpec, config: GridConfig, dataset, timings: dict, t0: float):
     import keras
 
-    from effscale.data import make_batches
+    from effscale.data.datasets import make_batches
 
     model = build_proxy_model(spec, config, dataset.image_shape, dataset.num_classes)
     t1 = time.perf_counter()

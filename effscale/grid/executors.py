@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from effscale.errors import ConfigError, TrialFailed
-from effscale.search import SearchSpace, TrialSpec, candidate_cost, next_candidates
-from effscale.store import utc_now
-from effscale.trials import TrialRecord, TrialStatus, TrialStore
+from effscale.grid.search import SearchSpace, TrialSpec, candidate_cost, next_candidates
+from effscale.runs import utc_now
+from effscale.grid.trials import TrialRecord, TrialStatus, TrialStore
 
 log = logging.getLogger("effscale.grid")
 

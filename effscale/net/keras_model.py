@@ -23,7 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
-from effscale.arch import NetworkSpec  # noqa: E402
+from effscale.net.arch import NetworkSpec  # noqa: E402
 from effscale.errors import ConfigError, InputRangeError  # noqa: E402
 
 IMAGENET_MEAN_RGB = [0.485, 0.456, 0.406]

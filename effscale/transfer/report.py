@@ -1,6 +1,6 @@
 """Tables, report files and plots of a transfer run, rebuilt from its run directory.
 
-Raw files (written by ``effscale.train``): ``manifest.json``, ``history.csv``,
+Raw files (written by ``effscale.transfer.train``): ``manifest.json``, ``history.csv``,
 ``checkpoints/state.json`` and, once the run ends, ``metrics.json`` (including the
 validation confusion matrix). Everything under ``reports/`` and ``plots/`` is derived
 from them here, so ``effscale report RUN_DIR`` rebuilds it without Keras or TensorFlow.
@@ -18,7 +18,7 @@ from pathlib import Path
 from effscale import console
 from effscale.console import Column, fmt_float, fmt_gmacs, fmt_int, fmt_pct
 from effscale.fsutil import atomic_write_text
-from effscale.store import RunDir
+from effscale.runs import RunDir
 
 TOP_CONFUSED = 10
 

@@ -174,7 +174,7 @@ class TransferConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {value}")
-        from effscale.data import check_augment
+        from effscale.data.datasets import check_augment
 
         check_augment(self.augment)  # linear-probe ignores augmentation (features are computed once)
         return self

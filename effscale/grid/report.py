@@ -22,10 +22,10 @@ from pathlib import Path
 from effscale import console
 from effscale.console import Column, fmt_float
 from effscale.fsutil import atomic_write_json, atomic_write_text
-from effscale.grid_config import GridConfig
-from effscale.search import SearchSpace, candidate_cost
-from effscale.store import RunDir
-from effscale.trials import TrialStore
+from effscale.grid.config import GridConfig
+from effscale.grid.search import SearchSpace, candidate_cost
+from effscale.runs import RunDir
+from effscale.grid.trials import TrialStore
 
 NOISE_Z = 2.0  # "within noise": gap <= 2 combined standard errors
 
@@ -121,7 +121,7 @@ def summary(space: SearchSpace, trials: dict, rows: list[dict]) -> dict:
 
 
 def _search_done(space: SearchSpace, trials: dict) -> bool:
-    from effscale.search import next_candidates
+    from effscale.grid.search import next_candidates
 
     return not next_candidates(space, trials)
 
@@ -247,7 +247,7 @@ def write_reports(run: RunDir, config: GridConfig, space: SearchSpace, trials: d
     }
     winner = rows[0] if rows and rows[0]["acc_mean"] is not None else None
     if winner is not None:
-        from effscale.scaling import ScalingCoefficients
+        from effscale.net.scaling import ScalingCoefficients
         from effscale.schemas import write_coefficients
 
         written["best.json"] = write_coefficients(

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effscale.arch import NetworkSpec
+from effscale.net.arch import NetworkSpec
 from effscale.errors import WeightsError
 
 # ---------------------------------------------------------------------------------------
@@ -465,7 +465,7 @@ def checkpoint_classes(state: dict[str, np.ndarray]) -> int | None:
 
 def guess_variants(state: dict[str, np.ndarray]) -> list[str]:
     """Published variants whose architecture matches the checkpoint exactly (any head size)."""
-    from effscale.scaling import PUBLISHED_VARIANTS, scale_network
+    from effscale.net.scaling import PUBLISHED_VARIANTS, scale_network
 
     shapes = _relevant(state)
     classes = checkpoint_classes(state)
@@ -476,7 +476,7 @@ def guess_variants(state: dict[str, np.ndarray]) -> list[str]:
 def _spec_of(spec: NetworkSpec | str, name: str | None = None) -> tuple[str, NetworkSpec]:
     if isinstance(spec, NetworkSpec):
         return name or "the model", spec
-    from effscale.scaling import published_variant, scale_network
+    from effscale.net.scaling import published_variant, scale_network
 
     variant = published_variant(spec)
     return variant.name, scale_network(variant)
@@ -587,7 +587,7 @@ def read_checked(weights: str | Path, spec: NetworkSpec | str, name: str | None 
 def load_pretrained(model, weights: str | Path, spec: NetworkSpec | str, name: str | None = None) -> dict:
     """Load ``weights`` (``"lite0"``/``"lite1"``/``"lite2"`` or a ``.pth`` path) into ``model``.
 
-    ``model`` must be built by ``effscale.keras_model.build_model`` from ``spec`` (a
+    ``model`` must be built by ``effscale.net.keras_model.build_model`` from ``spec`` (a
     NetworkSpec or a published variant name such as ``"lite0"``), at any resolution and
     with or without the top. A classifier whose size differs from the checkpoint's
     (transfer to 10 classes) keeps its fresh initialisation. Raises ``WeightsError``

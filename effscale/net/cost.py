@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from effscale.arch import NetworkSpec
+from effscale.net.arch import NetworkSpec
 
 
 @dataclass(frozen=True)

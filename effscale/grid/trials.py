@@ -16,8 +16,8 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 
-from effscale.search import Candidate, TrialSpec
-from effscale.store import RunDir, utc_now
+from effscale.grid.search import Candidate, TrialSpec
+from effscale.runs import RunDir, utc_now
 
 TRIALS_FILE = "trials.jsonl"
 

@@ -15,7 +15,7 @@ history always has exactly one row per committed epoch. Resume order (big_vision
 1. ``state.json`` exists -> load ``last.keras`` (weights + optimizer) and continue at
 epoch N; 2. otherwise start from the configured weights.
 
-Keras 3 layers and ops only in the model; tf.data only inside ``effscale.data`` under the
+Keras 3 layers and ops only in the model; tf.data only inside ``effscale.data.datasets`` under the
 TensorFlow backend.
 """
 
@@ -38,12 +38,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from effscale import console  # noqa: E402
-from effscale.config import TransferConfig  # noqa: E402
+from effscale.transfer.config import TransferConfig  # noqa: E402
 from effscale.errors import EffscaleError, WeightsError  # noqa: E402
 from effscale.fsutil import atomic_write_json, atomic_write_text  # noqa: E402
-from effscale.store import RunDir  # noqa: E402
+from effscale.runs import RunDir  # noqa: E402
 
-log = logging.getLogger("effscale.train")
+log = logging.getLogger("effscale.transfer.train")
 
 BACKBONE = "efficientnet"
 HEAD_LAYERS = ("head_dropout", "predictions")
@@ -187,7 +187,7 @@ def load_backbone_weights(backbone, weights: str, name: str, spec) -> dict:
             f"there are no ImageNet weights for {name} (only b0-b7 and lite0-lite2); pass --weights none or a file"
         )
     # [issue #5] registry weights by name: --weights lite0|lite1|lite2 (the optional extra 'lite').
-    from effscale.weights import REGISTRY
+    from effscale.weights.load import REGISTRY
 
     if choice.lower() in REGISTRY:
         from effscale.weights import load_pretrained
@@ -217,8 +217,8 @@ def load_backbone_weights(backbone, weights: str, name: str, spec) -> dict:
 # --------------------------------------------------------------------------------------
 def build_transfer_model(config: TransferConfig, spec, native_shape, num_classes: int, image_size: int):
     """images (native size) -> Resizing -> EfficientNet backbone (pooled) -> Dropout -> Dense."""
-    from effscale.data import resizing_inputs
-    from effscale.keras_model import build_model
+    from effscale.data.datasets import resizing_inputs
+    from effscale.net.keras_model import build_model
 
     backbone = build_model(spec, include_top=False, pooling=config.pooling, image_size=image_size, name=BACKBONE)
     inputs, x = resizing_inputs(native_shape, image_size)
@@ -245,7 +245,7 @@ def flat_layers(model) -> list:
 def configure_phase(model, backbone, config: TransferConfig, phase: str) -> None:
     """Set trainable flags. Frozen layers run in inference mode (Keras 3: ``trainable=False``
     BatchNorm uses its moving statistics), which is what a frozen backbone needs."""
-    from effscale.keras_model import block_names
+    from effscale.net.keras_model import block_names
 
     head = [model.get_layer(n) for n in HEAD_LAYERS]
     if phase == "head":
@@ -527,7 +527,7 @@ def evaluate_predictions(probs: np.ndarray, labels: np.ndarray, num_classes: int
 # the run
 # --------------------------------------------------------------------------------------
 def _input_guard(config: TransferConfig, batch) -> None:
-    from effscale.keras_model import check_input_range
+    from effscale.net.keras_model import check_input_range
 
     refuse = config.pretrained and config.input_check == "error"
     with warnings.catch_warnings(record=True) as caught:
@@ -563,14 +563,14 @@ def feature_cache_key(config: TransferConfig, spec, image_size: int, weights_inf
 
 
 def feature_cache_dir(config: TransferConfig) -> Path:
-    from effscale.data import default_cache_dir
+    from effscale.data.datasets import default_cache_dir
 
     return (Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()).parent / "features"
 
 
 def _features(feature_model, x, config, num_classes, cache: Path, key: str) -> tuple[np.ndarray, bool]:
     """Backbone features of ``x``: read from ``cache/<key>.npy`` or computed once and stored."""
-    from effscale.data import make_batches
+    from effscale.data.datasets import make_batches
 
     path = cache / f"{key}.npy"
     if path.is_file():
@@ -592,7 +592,7 @@ def _features(feature_model, x, config, num_classes, cache: Path, key: str) -> t
 
 
 def load_config_dataset(config: TransferConfig):
-    from effscale.data import load_dataset
+    from effscale.data.datasets import load_dataset
 
     console.info(f"loading dataset {config.dataset} ...")
     return load_dataset(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
@@ -634,8 +634,8 @@ def transfer(config: TransferConfig, run: RunDir, progress: bool = True, data=No
 
 
 def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict:
-    from effscale.cost import network_cost
-    from effscale.data import make_batches
+    from effscale.net.cost import network_cost
+    from effscale.data.datasets import make_batches
     from effscale.schemas import resolve_network
 
     config.validate()

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, replace
 
-from effscale.arch import B0_STAGES, BASELINE, NetworkSpec, StageSpec
+from effscale.net.arch import B0_STAGES, BASELINE, NetworkSpec, StageSpec
 from effscale.errors import ConfigError, SanityLimitError
 
 BASE_RESOLUTION = 224

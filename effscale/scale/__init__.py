@@ -1,0 +1,1 @@
+"""What `effscale scale` derives and shows."""

@@ -1,0 +1,1 @@
+"""Fine-tuning a variant on a dataset: config, training, report."""

@@ -1,0 +1,1 @@
+"""Pretrained weights: the safe PyTorch reader and loading into Keras."""
