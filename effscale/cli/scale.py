@@ -9,6 +9,11 @@ import click
 from effscale import console
 from effscale.console import Column, fmt_float, fmt_gmacs, fmt_int, fmt_ratio
 
+
+def fmt_mega(value) -> str:
+    return f"{value / 1e6:.1f}"
+
+
 class Number(click.FloatRange):
     name = "number"  # click's default says "not a valid float range"
 
@@ -28,6 +33,8 @@ def _summary_columns(extra: list[Column] = (), with_source: bool = True) -> list
         Column("dropout", "dropout", fmt_float(2)),
         Column("params", "params", fmt_int),
         Column("flops", "GMACs", fmt_gmacs),
+        Column("acts", "acts M", fmt_mega),
+        Column("peak_act_bytes", "peak MB", fmt_mega),
         *extra,
     ]
 
@@ -71,6 +78,9 @@ def _render_derived(record: dict, title: str) -> None:
          f"{near['stem_filters']} / {near['head_filters']}"),
         ("params (1000-class top)", fmt_int(record["params"]), fmt_int(near["params"])),
         ("GMACs (multiply-adds)", fmt_gmacs(record["flops"]), fmt_gmacs(near["flops"])),
+        ("activations (Dollar, batch 1)", fmt_int(record["acts"]), fmt_int(near["acts"])),
+        ("peak activation MB (fp32, batch 1)", fmt_mega(record["peak_act_bytes"]),
+         fmt_mega(near["peak_act_bytes"])),
         ("MACs vs base", fmt_ratio(record["flops_vs_base"]), ""),
         (f"budget^phi target ({record['budget']:g}^{record['phi']:g})", fmt_ratio(record["budget_target"]), ""),
         ("MACs / target", f"{record['flops_vs_target']:.3f}", ""),

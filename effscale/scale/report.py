@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from effscale.net.cost import Cost, network_cost
+from effscale.net.cost import Cost, network_activations, network_cost
 from effscale.net.scaling import (
     PAPER_COEFFICIENTS,
     ScalingCoefficients,
@@ -39,6 +39,7 @@ def variant_record(variant: Variant) -> dict:
     """The keys every output format shares: config, stages, params (1000-class top), MACs."""
     network = scale_network(variant)
     cost = network_cost(network)
+    activations = network_activations(network)
     return {
         "name": variant.name,
         "family": variant.family,
@@ -51,6 +52,8 @@ def variant_record(variant: Variant) -> dict:
         "dropout": variant.dropout_rate,
         "params": cost.params,
         "flops": cost.macs,
+        "acts": activations.acts,
+        "peak_act_bytes": activations.peak_bytes(),
         "stem_filters": network.stem_filters,
         "head_filters": network.head_filters,
         "filters": "-".join(str(s.filters_out) for s in network.stages),
