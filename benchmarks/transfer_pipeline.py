@@ -44,7 +44,8 @@ def dataset(n_train: int, n_val: int = 256):
 def model_for(image_size: int, num_classes: int = 10, native: int = 32):
     from effscale.transfer.config import TransferConfig
     from effscale.schemas import resolve_network
-    from effscale.transfer.train import build_transfer_model, compile_model, make_optimizer
+    from effscale.transfer.model import build_transfer_model
+    from effscale.transfer.strategies import compile_model, make_optimizer
 
     config = TransferConfig(weights="none", image_size=image_size, label_smoothing=0.0)
     _, spec = resolve_network("b0")

@@ -120,7 +120,7 @@ def test_kill_9_then_resume_keeps_every_epoch_once(run_cli, tiny, tmp_path):
 
 def test_commit_interrupted_after_state_is_finished_on_resume(tmp_path):
     from effscale.runs import RunDir
-    from effscale.transfer.train import Checkpointer
+    from effscale.transfer.checkpoints import Checkpointer
 
     run = RunDir(tmp_path)
     ckpt = tmp_path / "checkpoints"
@@ -142,7 +142,7 @@ def test_weights_files_load_and_other_architectures_are_refused(tmp_path):
 
     from effscale.errors import WeightsError
     from effscale.net.keras_model import build_model
-    from effscale.transfer.train import load_backbone_weights
+    from effscale.weights.resolve import load_backbone_weights
 
     source = build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32, name="efficientnet")
     source.save_weights(tmp_path / "tiny8.weights.h5")
@@ -203,7 +203,8 @@ def test_linear_probe_trains_only_the_head_on_cached_features(run_cli, tiny, tmp
 def test_top_blocks_unfreezes_whole_blocks_and_keeps_bn_frozen():
     from effscale.transfer.config import TransferConfig
     from effscale.schemas import resolve_network
-    from effscale.transfer.train import build_transfer_model, configure_phase
+    from effscale.transfer.model import build_transfer_model
+    from effscale.transfer.strategies import configure_phase
 
     _, spec = resolve_network("b0")
     config = TransferConfig(strategy="top-blocks", blocks=2)

@@ -84,106 +84,37 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
     """
     from effscale.cli import state
     from effscale.transfer.config import read_transfer_config, resolve_transfer_config
-    from effscale.errors import EffscaleError, RunDirError
-    from effscale.runs import open_run_dir, prepare_run_dir, timestamp_name
+    from effscale.transfer.runner import resume_config, run
 
     for key in ("data_dir", "cache_dir"):
         if flags.get(key) is not None:
             flags[key] = str(flags[key])
-    given = {k: v for k, v in flags.items() if v is not None}
-
+    base = read_transfer_config(config_path) if config_path else None
     if resume_dir is not None:
         if run_dir is not None or overwrite:
             raise click.UsageError("--resume continues the run it names; do not combine it with --run-dir/--overwrite")
-        run = open_run_dir(resume_dir, "transfer")
-        config = read_transfer_config(run.manifest_path)
-        if given or config_path or preset:
-            changed = {k: (getattr(config, k), v) for k, v in given.items() if getattr(config, k) != v}
-            if changed:
-                details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:4])
-                raise RunDirError(f"{resume_dir} was created with different settings ({details}); resume without "
-                                  "those flags, or start a new run")
+        config = resume_config(resume_dir, recipe=None if recipe == "default" else recipe, preset=preset,
+                               base=base, **flags)
     else:
-        base = read_transfer_config(config_path) if config_path else None
         config = resolve_transfer_config(recipe if not base or recipe != "default" else base.recipe,
-                                         preset, base=base, **given)
+                                         preset, base=base, **flags)
     if print_config:
-        click.echo(config.to_json(), nl=False)
-        return
+        return click.echo(config.to_json(), nl=False)
 
-    # Everything that can be checked before a run directory exists is checked here, so bad
-    # input leaves nothing behind: the variant, the weights path, the dataset itself.
-    from effscale.schemas import resolve_network
+    def started(target):
+        state.log_path = target.log_path
+        state.resume_hint = f"effscale transfer --resume {target.path}"
 
-    resolve_network(config.variant)
-    weights = config.weights.strip().lower()
-    # [issue #5] --weights lite0|lite1|lite2 and .pth files are read and checked against the
-    # variant now (a fraction of a second), so a wrong checkpoint leaves no run directory.
-    from effscale.weights.load import REGISTRY, read_checked
-
-    if weights in REGISTRY or weights.endswith((".pth", ".pt", ".bin")):
-        variant_name, variant_spec = resolve_network(config.variant)
-        read_checked(config.weights, variant_spec, variant_name)  # [/issue #5]
-    elif weights not in ("imagenet", "none") and not Path(config.weights).expanduser().is_file():
-        from effscale.errors import WeightsError
-
-        raise WeightsError(f"weights file {config.weights} does not exist; pass --weights imagenet, none or a file path")
-    from effscale.data.datasets import load_dataset
-
-    console.info(f"loading dataset {config.dataset} ...")
-    data = load_dataset(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
-                        limit_train=config.limit_train, limit_val=config.limit_val, seed=config.seed)
-    if resume_dir is None:
-        from effscale.data.datasets import dataset_label
-
-        variant_label = Path(config.variant).stem if config.variant.endswith(".json") else config.variant
-        path = run_dir or Path("runs") / timestamp_name("transfer", variant_label, dataset_label(config.dataset))
-        run = prepare_run_dir(path, overwrite=overwrite)
+    result = run(config, resume_dir if resume_dir is not None else run_dir, resume=resume_dir is not None,
+                 progress=not no_progress, overwrite=overwrite, distribute=distribute, on_start=started)
     from effscale.transfer import report as transfer_report
-    from effscale.transfer import train  # imports Keras
-    state.log_path = run.log_path
-    state.resume_hint = f"effscale transfer --resume {run.path}"
-    fresh = resume_dir is None
-    try:
-        with run:
-            logger = run.attach_log()
-            import keras
+    transfer_report.render(transfer_report.tables(result.run), fmt)
+    if result.status == "nan":
+        from effscale.transfer.train import TrainingStopped
 
-            if fresh:
-                run.write_manifest("transfer", config.to_dict(), seed=config.seed, backend=keras.backend.backend())
-                console.info(f"run directory: {run.path}")
-            logger.info("transfer %s", config.to_dict())
-            try:
-                train.transfer(config, run, progress=not no_progress, data=data, distribute=distribute)
-            finally:
-                if (run.path / "checkpoints" / "state.json").exists():
-                    transfer_report.write_reports(run)
-    except EffscaleError:
-        if fresh and not (run.path / "checkpoints" / "state.json").exists():
-            _discard(run)  # nothing was trained: do not leave an empty run behind
-        raise
-    transfer_report.render(transfer_report.tables(run), fmt)
-    metrics = transfer_report.read_json_or_none(run.path / "metrics.json") or {}
-    if metrics.get("status") == "nan":
-        nan = metrics.get("nan_at") or {}
-        raise train.TrainingStopped(
+        nan = result.metrics.get("nan_at") or {}
+        raise TrainingStopped(
             f"loss became NaN at epoch {nan.get('epoch')} (batch {nan.get('batch')}); the run stopped and its "
-            f"report is in {run.path / 'reports'}; lower --lr or check the data"
+            f"report is in {result.run.path / 'reports'}; lower --lr or check the data"
         )
-    console.info(f"done: {run.path}")
-
-
-def _discard(run) -> None:
-    import logging
-    import shutil
-
-    from effscale.cli import state
-
-    logger = logging.getLogger("effscale")
-    for handler in list(logger.handlers):
-        if getattr(handler, "baseFilename", None) == str(run.log_path.resolve()):
-            logger.removeHandler(handler)
-            handler.close()
-    shutil.rmtree(run.path, ignore_errors=True)
-    state.log_path = None
-    state.resume_hint = None
+    console.info(f"done: {result.run.path}")

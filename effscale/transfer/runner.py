@@ -1,0 +1,161 @@
+"""``effscale.transfer.run`` (defined here, re-exported by the package): the whole ``effscale transfer`` command as one library call.
+
+    from effscale.transfer import TransferConfig, run
+    result = run(TransferConfig(variant="b0", dataset="cifar10"), "runs/b0-cifar10")
+    result.metrics["top1"]
+
+1. Everything that can be checked before a run directory exists is checked first, so bad
+   input leaves nothing behind: the resume settings, the variant, the weights, the
+   dataset (its classes included).
+2. The run directory is created (or reopened with ``resume=True``) and locked; a fresh
+   run writes its manifest.
+3. ``train.transfer`` trains, committing every epoch; the reports are written even when
+   training stops early.
+4. A fresh run that fails before its first committed epoch is removed again.
+
+Keras is imported only in step 3, after every cheap check.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from effscale import console
+from effscale.errors import EffscaleError
+from effscale.runs import RunDir, open_run_dir, prepare_run_dir, timestamp_name
+from effscale.transfer.config import TransferConfig, read_transfer_config, resolve_transfer_config
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What a finished (or NaN-stopped) transfer run produced."""
+
+    run: RunDir
+    config: TransferConfig
+    metrics: dict
+
+    @property
+    def status(self) -> str:
+        return self.metrics.get("status", "unknown")
+
+    @property
+    def top1(self) -> float | None:
+        return self.metrics.get("top1")
+
+
+def resume_config(run_dir, *, recipe: str | None = None, preset: str | None = None,
+                  base: TransferConfig | None = None, **flags) -> TransferConfig:
+    """The config a ``--resume`` asks for: the stored one, with whatever the command line
+    adds on top. ``run`` then refuses it if anything differs (``check_resume``)."""
+    stored = read_transfer_config(open_run_dir(Path(run_dir), "transfer").manifest_path)
+    given = {k: v for k, v in flags.items() if v is not None}
+    start = base or stored
+    recipe = recipe or start.recipe
+    preset = preset if preset is not None else stored.preset
+    if base is None and recipe == stored.recipe and preset == stored.preset:
+        if "augment" in given:
+            given["augment"] = tuple(given["augment"])
+        return replace(stored, **given).validate()  # re-applying a preset would undo flags given with it
+    return resolve_transfer_config(recipe, preset, base=start, **given)
+
+
+def check_resume(run: RunDir, config: TransferConfig) -> None:
+    """Refuse to resume ``run`` with settings other than those it was created with."""
+    from effscale.errors import RunDirError
+
+    stored = read_transfer_config(run.manifest_path).to_dict()
+    new = config.to_dict()
+    changed = [k for k in new if stored.get(k) != new.get(k)]
+    if changed:
+        key = changed[0]
+        raise RunDirError(
+            f"Run dir {run.path} was created with {key}={stored.get(key)!r}; this command asks for "
+            f"{key}={new.get(key)!r}. Resume without changing settings, or pass a new --run-dir."
+        )
+
+
+def precheck(config: TransferConfig):
+    """The variant and the weights, checked before any dataset is read or model built."""
+    from effscale.schemas import resolve_network
+    from effscale.weights.resolve import precheck as precheck_weights
+
+    name, spec = resolve_network(config.variant)
+    precheck_weights(config.weights, name, spec)
+
+
+def default_run_dir(config: TransferConfig) -> Path:
+    from effscale.data.datasets import dataset_label
+
+    variant = Path(config.variant).stem if config.variant.endswith(".json") else config.variant
+    return Path("runs") / timestamp_name("transfer", variant, dataset_label(config.dataset))
+
+
+def run(config: TransferConfig, run_dir=None, *, resume: bool = False, progress: bool | None = None,
+        overwrite: bool = False, distribute: bool = False,
+        on_start: Callable[[RunDir], None] | None = None) -> TransferResult:
+    """Train ``config`` in ``run_dir`` (default ``runs/<time>-transfer-<variant>-<dataset>``).
+
+    ``resume=True`` continues the run in ``run_dir`` after its last committed epoch and
+    refuses any changed setting. ``progress`` shows a progress bar on stderr. ``on_start``
+    is called with the locked run directory before training starts (the CLI uses it to
+    point its error handler at the run's log). Raises ``EffscaleError`` subclasses (one
+    line each) for bad input; a NaN loss ends with ``result.status == "nan"``.
+    """
+    # 1. Checks that need no run directory.
+    if resume:
+        if run_dir is None:
+            raise EffscaleError("resume needs the run directory to continue")
+        target = open_run_dir(Path(run_dir), "transfer")
+        check_resume(target, config)
+    config.validate()
+    precheck(config)
+    from effscale.data.datasets import load_dataset
+
+    console.info(f"loading dataset {config.dataset} ...")
+    data = load_dataset(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
+                        limit_train=config.limit_train, limit_val=config.limit_val, seed=config.seed)
+
+    # 2. The run directory.
+    if not resume:
+        target = prepare_run_dir(Path(run_dir) if run_dir is not None else default_run_dir(config),
+                                 overwrite=overwrite)
+    from effscale.transfer import report as transfer_report
+    from effscale.transfer import train  # imports Keras
+
+    state = target.path / "checkpoints" / "state.json"
+    try:
+        with target:
+            logger = target.attach_log()
+            if on_start is not None:
+                on_start(target)
+            if not resume:
+                import keras
+
+                target.write_manifest("transfer", config.to_dict(), seed=config.seed, backend=keras.backend.backend())
+                console.info(f"run directory: {target.path}")
+            logger.info("transfer %s", config.to_dict())
+            # 3. Train; the reports are written whatever happens after the first commit.
+            try:
+                metrics = train.transfer(config, target, progress=bool(progress), data=data, distribute=distribute)
+            finally:
+                if state.exists():
+                    transfer_report.write_reports(target)
+    except EffscaleError:
+        # 4. Nothing was trained: do not leave an empty run behind.
+        if not resume and not state.exists():
+            _discard(target)
+        raise
+    return TransferResult(target, config, metrics)
+
+
+def _discard(run: RunDir) -> None:
+    logger = logging.getLogger("effscale")
+    for handler in list(logger.handlers):
+        if getattr(handler, "baseFilename", None) == str(run.log_path.resolve()):
+            logger.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(run.path, ignore_errors=True)
