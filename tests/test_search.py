@@ -117,7 +117,7 @@ def _complete(spec, acc):
 
 
 def test_next_candidates_halving_from_the_log_only():
-    config = GridConfig(seeds=2, eta=3, rungs=3, epochs=1)
+    config = GridConfig(seeds=2, early_seeds=2, eta=3, rungs=3, epochs=1)
     space = SearchSpace.from_config(config)
     n = len(space.entries)
     first = next_candidates(space, {})
@@ -144,7 +144,7 @@ def test_next_candidates_halving_from_the_log_only():
 
 
 def test_full_schedule_trains_everyone_the_longest():
-    config = GridConfig(schedule="full", eta=3, rungs=3, epochs=1)
+    config = GridConfig(schedule="full", eta=3, rungs=3, epochs=1, seeds=1)
     space = SearchSpace.from_config(config)
     specs = next_candidates(space, {})
     assert len(specs) == len(space.entries) and {s.epochs for s in specs} == {9}
@@ -155,10 +155,40 @@ def test_full_schedule_trains_everyone_the_longest():
 def test_halving_plans_at_most_040x_the_images_of_full():
     halving = SearchSpace.from_config(GridConfig())
     n, cfg = len(halving.entries), halving.config
-    images = sum(halving.survivors(n, r) * cfg.rung_epochs(r) for r in range(cfg.rungs)) * cfg.limit_train
+    images = sum(halving.survivors(n, r) * len(halving.seeds(r)) * cfg.rung_epochs(r)
+                 for r in range(cfg.rungs)) * cfg.limit_train
     assert images <= 0.4 * halving.images_full_schedule()
 
 
 def test_smoke_preset_is_small():
     space = SearchSpace.from_config(preset("smoke"))
     assert 4 <= len(space.entries) <= 10 and space.planned_trials() <= 12
+
+
+def test_seeds_run_at_the_last_rung_only_unless_asked():
+    space = SearchSpace.from_config(GridConfig(seeds=3, eta=3, rungs=3, epochs=1))
+    n = len(space.entries)  # 18 rows: 18, then 6, then 2 finalists
+    first = next_candidates(space, {})
+    assert len(first) == n and {s.seed for s in first} == {0}
+    log = {s.trial_id: _complete(s, 0.3) for s in first}
+    second = next_candidates(space, log)
+    assert len(second) == 6 and {s.seed for s in second} == {0}
+    log |= {s.trial_id: _complete(s, 0.4) for s in second}
+    third = next_candidates(space, log)
+    assert len(third) == 2 * 3 and {s.seed for s in third} == {0, 1, 2} and {s.epochs for s in third} == {9}
+    assert space.planned_trials() == 18 + 6 + 6
+    asked = SearchSpace.from_config(GridConfig(seeds=3, early_seeds=2))
+    assert asked.planned_trials() == 2 * 18 + 2 * 6 + 3 * 2
+
+
+def test_full_schedule_runs_every_seed():
+    space = SearchSpace.from_config(GridConfig(schedule="full", seeds=3))
+    assert len(next_candidates(space, {})) == 3 * len(space.entries)
+
+
+def test_candidate_is_the_scaling_coefficients_type():
+    from effscale.net.scaling import ScalingCoefficients
+
+    point = Candidate(1.2, 1.1, 1.15)
+    assert isinstance(point, ScalingCoefficients)
+    assert point.flops_factor == pytest.approx(PAPER_FACTOR)

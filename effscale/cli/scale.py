@@ -8,6 +8,7 @@ import click
 
 from effscale import console
 from effscale.console import Column, fmt_float, fmt_gmacs, fmt_int, fmt_ratio
+from effscale.net.scaling import DEFAULT_BUDGET
 
 
 def fmt_mega(value) -> str:
@@ -134,7 +135,7 @@ def _check_build(records: list[dict]) -> None:
 @click.option("--alpha", type=COEFF, help="Depth coefficient (default 1.2, or from --from).")
 @click.option("--beta", type=COEFF, help="Width coefficient (default 1.1, or from --from).")
 @click.option("--gamma", type=COEFF, help="Resolution coefficient (default 1.15, or from --from).")
-@click.option("--budget", type=Number(min=1.0, min_open=True), default=2.0, show_default=True,
+@click.option("--budget", type=Number(min=1.0, min_open=True), default=DEFAULT_BUDGET, show_default=True,
               help="FLOPs multiplier per step of phi that alpha*beta^2*gamma^2 should match.")
 @click.option("--from", "from_path", type=click.Path(path_type=Path), metavar="PATH",
               help="Coefficients JSON (docs/schemas.md) or an effscale grid run directory.")

@@ -182,7 +182,7 @@ class SearchOutcome:
 
 def best_so_far(trials: dict) -> dict | None:
     """The best COMPLETE trial at the highest rung reached (for the progress display)."""
-    done = [r for r in trials.values() if r.get("status") == "COMPLETE"]
+    done = [r for r in trials.values() if r.get("status") == TrialStatus.COMPLETE]
     if not done:
         return None
     return max(done, key=lambda r: (r["rung"], r["metrics"]["val_accuracy"]))
@@ -261,7 +261,8 @@ def run_search(
                 "fix the cause, then resume with --resume RUN_DIR --retry-failed"
             )
 
-    done = sum(1 for r in latest.values() if r.get("status") in ("COMPLETE", "FAILED") and r.get("trial_id") not in retry)
+    done = sum(1 for r in latest.values()
+               if r.get("status") in (TrialStatus.COMPLETE, TrialStatus.FAILED) and r.get("trial_id") not in retry)
     progress.begin(space.planned_trials(), done)
     try:
         while True:

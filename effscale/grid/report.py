@@ -25,7 +25,7 @@ from effscale.fsutil import atomic_write_json, atomic_write_text
 from effscale.grid.config import GridConfig
 from effscale.grid.search import SearchSpace, candidate_cost
 from effscale.runs import RunDir
-from effscale.grid.trials import TrialStore
+from effscale.grid.trials import TrialStatus, TrialStore
 
 NOISE_Z = 2.0  # "within noise": gap <= 2 combined standard errors
 
@@ -62,12 +62,12 @@ def ranking(space: SearchSpace, trials: dict, num_classes: int = 100) -> list[di
             "macs": cost["macs"], "params": cost["params"], "resolution": cost["resolution"],
             "blocks": cost["blocks"],
             "rung": None, "epochs": None, "seeds": 0, "acc_mean": None, "acc_std": None, "noise": None,
-            "acc_rung0": None, "val_loss": None, "failed": sum(r["status"] == "FAILED" for r in records),
+            "acc_rung0": None, "val_loss": None, "failed": sum(r["status"] == TrialStatus.FAILED for r in records),
             "images_seen": sum(int(r.get("images_seen") or 0) for r in records),
-            "seconds": sum(float(r.get("seconds") or 0) for r in records if r["status"] != "RUNNING"),
-            "error": next((r.get("error") for r in records if r["status"] == "FAILED"), None),
+            "seconds": sum(float(r.get("seconds") or 0) for r in records if r["status"] != TrialStatus.RUNNING),
+            "error": next((r.get("error") for r in records if r["status"] == TrialStatus.FAILED), None),
         }
-        done = [r for r in records if r["status"] == "COMPLETE"]
+        done = [r for r in records if r["status"] == TrialStatus.COMPLETE]
         if done:
             top = max(r["rung"] for r in done)
             at_top = [r for r in done if r["rung"] == top]
@@ -96,7 +96,7 @@ def summary(space: SearchSpace, trials: dict, rows: list[dict]) -> dict:
     statuses = [r["status"] for r in trials.values()]
     images = sum(int(r.get("images_seen") or 0) for r in trials.values())
     per_epoch = max((int(r.get("images_seen") or 0) // max(1, int(r["epochs"])) for r in trials.values()
-                     if r.get("status") == "COMPLETE"), default=None)
+                     if r.get("status") == TrialStatus.COMPLETE), default=None)
     full = space.images_full_schedule(per_epoch)
     winner = rows[0] if rows and rows[0]["acc_mean"] is not None else None
     planned = space.planned_trials()
@@ -105,10 +105,10 @@ def summary(space: SearchSpace, trials: dict, rows: list[dict]) -> dict:
         "budget": space.config.budget,
         "entries": len(space.entries),
         "planned_trials": planned,
-        "complete": statuses.count("COMPLETE"),
-        "failed": statuses.count("FAILED"),
-        "running": statuses.count("RUNNING"),
-        "finished": not statuses.count("RUNNING") and bool(trials) and _search_done(space, trials),
+        "complete": statuses.count(TrialStatus.COMPLETE),
+        "failed": statuses.count(TrialStatus.FAILED),
+        "running": statuses.count(TrialStatus.RUNNING),
+        "finished": not statuses.count(TrialStatus.RUNNING) and bool(trials) and _search_done(space, trials),
         "images_seen": images,
         "images_full_schedule": full,
         "images_ratio": images / full if full else None,

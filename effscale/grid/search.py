@@ -19,6 +19,7 @@ No Keras here.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -29,7 +30,8 @@ from effscale.net.arch import NetworkSpec
 from effscale.net.cost import network_cost
 from effscale.errors import ConfigError
 from effscale.grid.config import GridConfig
-from effscale.net.scaling import Variant, scale_network
+from effscale.errors import SanityLimitError
+from effscale.net.scaling import ScalingCoefficients, Variant, check_sanity, scale_network
 
 PAPER_POINT = (1.2, 1.1, 1.15)
 MAX_CANDIDATES = 2000
@@ -42,22 +44,25 @@ def _fmt_coeff(value: float) -> str:
     return f"{whole}.{frac.ljust(2, '0')}"
 
 
-@dataclass(frozen=True, order=True)
-class Candidate:
-    """One point (alpha, beta, gamma) of the phi=1 search."""
+class TrialStatus(str, enum.Enum):
+    """A trial's state in the log; defined here because the schedule is what reads it."""
 
-    alpha: float
-    beta: float
-    gamma: float
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+
+    def is_finished(self) -> bool:
+        return self is not TrialStatus.RUNNING
+
+
+@dataclass(frozen=True, order=True)
+class Candidate(ScalingCoefficients):
+    """One point (alpha, beta, gamma) of the phi=1 search: the coefficients plus a readable id."""
 
     @property
     def id(self) -> str:
         """Readable and stable: ``a1.20-b1.10-g1.15`` (more digits only when needed)."""
         return f"a{_fmt_coeff(self.alpha)}-b{_fmt_coeff(self.beta)}-g{_fmt_coeff(self.gamma)}"
-
-    @property
-    def flops_factor(self) -> float:
-        return self.alpha * self.beta**2 * self.gamma**2
 
     def to_dict(self) -> dict:
         return {"id": self.id, "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
@@ -88,7 +93,7 @@ def _axis(bounds: tuple[float, float], step: float) -> list[float]:
 
 def candidate_grid(config: GridConfig) -> list[Candidate]:
     """Every grid point within ``tolerance`` of the budget, sorted by (alpha, beta, gamma)."""
-    config.validate()
+    config.validate()  # bounds each axis before any list is built
     alphas, betas, gammas = (_axis(getattr(config, f"{a}_range"), config.step) for a in ("alpha", "beta", "gamma"))
     if len(alphas) * len(betas) * len(gammas) > 10_000_000:
         raise ConfigError(f"--step {config.step:g} makes a grid of over 10 million points; use a larger --step")
@@ -138,22 +143,35 @@ def build_entries(config: GridConfig) -> list[Entry]:
 
 
 # --- the proxy network of a candidate ---------------------------------------------------------
-def proxy_variant(config: GridConfig, candidate: Candidate | None = None, name: str | None = None) -> Variant:
+def proxy_variant(config: GridConfig, candidate: Candidate | None = None, name: str | None = None,
+                  phi: float = 1.0) -> Variant:
     """The proxy base (``base_width``/``base_depth`` of B0 at ``resolution``) scaled by a candidate.
 
+    ``phi`` is 1 for the search itself; ``--confirm-phi`` builds the same rows one step up
+    (width beta^phi, depth alpha^phi, resolution gamma^phi of the same proxy base).
     Resolution is rounded to whole pixels: at a 32 px proxy, B0's multiple-of-8 rule would
     map gamma = 1.05 ... 1.2 onto the same 40 px and hide the resolution axis.
     """
     c = candidate or Candidate(1.0, 1.0, 1.0)
     return Variant(
         name=name or (c.id if candidate else "proxy-base"),
-        phi=1.0 if candidate else 0.0,
-        width_mult=config.base_width * c.beta,
-        depth_mult=config.base_depth * c.alpha,
-        resolution=max(8, int(round(config.resolution * c.gamma))),
+        phi=phi if candidate else 0.0,
+        width_mult=config.base_width * c.beta**phi,
+        depth_mult=config.base_depth * c.alpha**phi,
+        resolution=max(8, int(round(config.resolution * c.gamma**phi))),
         dropout_rate=config.dropout,
         source="grid-proxy",
     )
+
+
+def check_proxy_sizes(config: GridConfig, entries: Iterable[Entry], phi: float = 1.0) -> None:
+    """Refuse a row whose proxy network is beyond the sanity limits once scaled (a typo, not a search)."""
+    for entry in entries:
+        try:
+            check_sanity(proxy_variant(config, entry.candidate, phi=phi))
+        except SanityLimitError as exc:
+            raise ConfigError(f"{exc.args[0].split(' (see')[0]} at phi={phi:g}; lower --resolution, "
+                              "--base-width/--base-depth or the --alpha/--beta/--gamma ranges") from None
 
 
 def proxy_network(config: GridConfig, candidate: Candidate | None = None) -> NetworkSpec:
@@ -220,15 +238,19 @@ class SearchSpace:
 
     @classmethod
     def from_config(cls, config: GridConfig) -> SearchSpace:
-        return cls(config, build_entries(config))
+        entries = build_entries(config)
+        check_proxy_sizes(config, entries)
+        if config.confirm_phi is not None:
+            check_proxy_sizes(config, entries, phi=config.confirm_phi)
+        return cls(config, entries)
 
     @cached_property
     def by_id(self) -> dict[str, Entry]:
         return {e.id: e for e in self.entries}
 
-    @property
-    def seeds(self) -> list[int]:
-        return list(range(self.config.seeds))
+    def seeds(self, rung: int) -> list[int]:
+        """Seeds trained at ``rung``: ``--seeds`` at the last rung, ``--early-seeds`` before it."""
+        return list(range(self.config.rung_seeds(rung)))
 
     def survivors(self, n_entries: int, rung: int) -> int:
         """How many entries a rung trains: ceil(n / eta^rung), at least one."""
@@ -236,23 +258,23 @@ class SearchSpace:
 
     def planned_trials(self) -> int:
         n = len(self.entries)
-        return sum(self.survivors(n, r) for r in range(self.config.n_rungs)) * len(self.seeds)
+        return sum(self.survivors(n, r) * len(self.seeds(r)) for r in range(self.config.n_rungs))
 
     def specs(self, entries: Iterable[Entry], rung: int) -> list[TrialSpec]:
         epochs = self.config.rung_epochs(rung)
-        return [TrialSpec(e.candidate, e.role, s, rung, epochs) for e in entries for s in self.seeds]
+        return [TrialSpec(e.candidate, e.role, s, rung, epochs) for e in entries for s in self.seeds(rung)]
 
     def images_full_schedule(self, images_per_epoch: int | None = None) -> int:
-        """Training images the full schedule would use on these entries."""
+        """Training images the full schedule (every row, the last rung's seeds and epochs) would use."""
         per_epoch = images_per_epoch or self.config.limit_train
-        return len(self.entries) * len(self.seeds) * self.config.max_epochs * per_epoch
+        return len(self.entries) * self.config.seeds * self.config.max_epochs * per_epoch
 
 
 def rung_scores(trials: Mapping[str, Mapping], rung: int) -> dict[str, list[float]]:
     """Validation accuracies per candidate id at ``rung``, from COMPLETE trials."""
     scores: dict[str, list[float]] = defaultdict(list)
     for record in trials.values():
-        if record.get("rung") == rung and record.get("status") == "COMPLETE":
+        if record.get("rung") == rung and record.get("status") == TrialStatus.COMPLETE:
             scores[record["candidate"]["id"]].append(float(record["metrics"]["val_accuracy"]))
     return scores
 
@@ -272,7 +294,8 @@ def rung_entries(space: SearchSpace, trials: Mapping[str, Mapping]) -> list[list
     rungs = [entries]
     for rung in range(space.config.n_rungs - 1):
         specs = space.specs(entries, rung)
-        if any(trials.get(s.trial_id, {}).get("status") not in ("COMPLETE", "FAILED") for s in specs):
+        if any(trials.get(s.trial_id, {}).get("status") not in (TrialStatus.COMPLETE, TrialStatus.FAILED)
+               for s in specs):
             break
         entries = _promote(space, entries, trials, rung)
         if not entries:
@@ -293,7 +316,7 @@ def next_candidates(space: SearchSpace, trials: Mapping[str, Mapping], retry: It
         pending = []
         for spec in space.specs(entries, rung):
             status = trials.get(spec.trial_id, {}).get("status")
-            if status == "COMPLETE" or (status == "FAILED" and spec.trial_id not in retry):
+            if status == TrialStatus.COMPLETE or (status == TrialStatus.FAILED and spec.trial_id not in retry):
                 continue
             pending.append(spec)
         if pending:

@@ -9,26 +9,16 @@ No Keras here.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 
-from effscale.grid.search import Candidate, TrialSpec
+from effscale.grid.search import Candidate, TrialSpec, TrialStatus  # noqa: F401 - TrialStatus re-exported
 from effscale.runs import RunDir, utc_now
 
 TRIALS_FILE = "trials.jsonl"
-
-
-class TrialStatus(str, enum.Enum):
-    RUNNING = "RUNNING"
-    COMPLETE = "COMPLETE"
-    FAILED = "FAILED"
-
-    def is_finished(self) -> bool:
-        return self is not TrialStatus.RUNNING
 
 
 @dataclass
@@ -100,7 +90,7 @@ class TrialStore:
     def attempts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for record in self.lines():
-            if record.get("status") == TrialStatus.RUNNING.value:
+            if record.get("status") == TrialStatus.RUNNING:
                 counts[record["trial_id"]] = counts.get(record["trial_id"], 0) + 1
         return counts
 

@@ -48,6 +48,9 @@ class ScalingCoefficients:
 
 
 PAPER_COEFFICIENTS = ScalingCoefficients(1.2, 1.1, 1.15)
+# The paper's constraint alpha * beta^2 * gamma^2 ~ 2: each step of phi doubles the FLOPs.
+# The one default for every --budget (grid, scale) and for derive().
+DEFAULT_BUDGET = 2.0
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import math
 
 from effscale.net.cost import Cost, network_activations, network_cost
 from effscale.net.scaling import (
+    DEFAULT_BUDGET,
     PAPER_COEFFICIENTS,
     ScalingCoefficients,
     Variant,
@@ -76,7 +77,7 @@ def nearest_official(macs: int, family: str = "efficientnet") -> Variant:
 def derive(
     phi: float,
     coefficients: ScalingCoefficients = PAPER_COEFFICIENTS,
-    budget: float = 2.0,
+    budget: float = DEFAULT_BUDGET,
     family: str = "efficientnet",
 ) -> dict:
     """Record of the compound variant at ``phi`` with its cost ratios and nearest official."""
