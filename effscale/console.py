@@ -99,6 +99,21 @@ def emit(records: Sequence[dict], columns: Sequence[Column], fmt: str = "table",
         sys.stdout.write(render(records, columns, fmt))
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` with every run of whitespace (newlines included) as one space, cut to ``limit``.
+
+    The single helper behind every one-line message: CLI errors, FAILED trial records and
+    the reasons quoted from library exceptions.
+    """
+    flat = " ".join(str(text).split())
+    return flat if limit is None else flat[:limit]
+
+
+def describe(exc: BaseException, limit: int | None = None) -> str:
+    """``Type: message`` of an exception on one line."""
+    return one_line(f"{type(exc).__name__}: {exc}", limit)
+
+
 def info(message: str) -> None:
     err.print(message, highlight=False)
 

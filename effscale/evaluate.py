@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from effscale.console import one_line
 from effscale.errors import ConfigError, DatasetError, EffscaleError
 
 RESIZE_METHODS = ("plain", "crop")
@@ -221,12 +222,14 @@ def locate_model(path: str | os.PathLike) -> tuple[Path, tuple[str, ...] | None,
     class_names = None
     info: dict = {}
     if path.is_dir():
-        run = path
-        path = next((p for p in (run / "checkpoints" / "best.keras", run / "checkpoints" / "last.keras")
-                     if p.is_file()), None)
+        from effscale.runs import RunDir
+
+        run_dir = RunDir(path)
+        run = run_dir.path
+        path = next((p for p in (run_dir.best_checkpoint, run_dir.last_checkpoint) if p.is_file()), None)
         if path is None:
             raise EffscaleError(f"{run} has no checkpoints/best.keras or last.keras; is it a finished transfer run?")
-        metrics = run / "metrics.json"
+        metrics = run_dir.metrics_path
         if metrics.is_file():
             try:
                 data = json.loads(metrics.read_text())
@@ -249,7 +252,7 @@ def model_from_file(path: str | os.PathLike) -> LoadedModel:
     try:
         model = keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # noqa: BLE001 - keras raises many types for a bad file
-        raise EffscaleError(f"cannot load model {path} ({' '.join(str(exc).split())[:200]})") from None
+        raise EffscaleError(f"cannot load model {path} ({one_line(exc, 200)})") from None
     shape = model.input_shape
     if isinstance(shape, list):
         raise EffscaleError(f"model {path} has {len(shape)} inputs; effscale evaluate needs an image classifier")

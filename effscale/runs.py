@@ -2,11 +2,14 @@
 
 A run directory holds ``manifest.json`` (written once: command, resolved config,
 versions), an ``effscale.log`` with full tracebacks, a ``.lock`` that refuses a second
-writer, and whatever the command appends. Derived output (``reports/``, ``plots/``) can
-always be rebuilt from it. No Keras here.
+writer, and whatever the command appends. ``RunDir`` is the only place that spells a path
+inside a run: every file is one of its properties. Derived output (``reports/``,
+``plots/``) can always be rebuilt from it. No Keras here.
 
-Resume order (after big_vision): 1. the run dir exists and its manifest matches -> resume;
-2. it exists with another config -> refuse (pass a new --run-dir or --overwrite);
+Resume order (after big_vision), the same for ``grid`` and ``transfer``:
+1. the run dir exists and ``RunDir.check_resume`` finds every setting unchanged -> resume;
+2. it exists with any setting changed (preset and recipe included) -> refuse with one line
+   naming that setting;
 3. it does not exist -> start fresh.
 """
 
@@ -30,6 +33,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 LOG = "effscale.log"
+TRIALS = "trials.jsonl"
 
 
 def utc_now() -> str:
@@ -52,6 +56,21 @@ def library_versions() -> dict:
     return versions
 
 
+_MISSING = object()
+
+
+def _plain(settings: dict) -> dict:
+    """Settings as JSON holds them, so a tuple and the list it was stored as compare equal."""
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _setting(key: str, settings: dict) -> str:
+    if key not in settings:
+        return f"no {key} setting"
+    value = settings[key]
+    return f"{key}={value}" if isinstance(value, str) and value else f"{key}={json.dumps(value)}"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -66,6 +85,10 @@ def _pid_alive(pid: int) -> bool:
 class RunDir:
     path: Path
 
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    # --- paths: every file of a run, spelled once -----------------------------------------
     @property
     def manifest_path(self) -> Path:
         return self.path / MANIFEST
@@ -73,6 +96,82 @@ class RunDir:
     @property
     def log_path(self) -> Path:
         return self.path / LOG
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK
+
+    @property
+    def trials_path(self) -> Path:
+        """Grid: the append-only trial log."""
+        return self.path / TRIALS
+
+    @property
+    def trials_dir(self) -> Path:
+        """Grid: one folder per trial (``trial_dir``)."""
+        return self.path / "trials"
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.trials_dir / trial_id
+
+    def predictions_path(self, trial_id: str) -> Path:
+        """Grid: int16 predicted class per validation image, in the fixed validation order."""
+        return self.trial_dir(trial_id) / "predictions.npy"
+
+    @property
+    def val_labels_path(self) -> Path:
+        """Grid: the validation labels every trial's predictions are scored against."""
+        return self.path / "val_labels.npy"
+
+    @property
+    def best_path(self) -> Path:
+        """Grid: the winning coefficients, what ``effscale scale --from`` reads."""
+        return self.path / "best.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def state_path(self) -> Path:
+        """Transfer: the commit point of every finished epoch."""
+        return self.checkpoints_dir / "state.json"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints_dir / "last.keras"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints_dir / "best.keras"
+
+    def pending_checkpoint(self, epoch: int) -> Path:
+        """Transfer: an epoch's model before it is committed (renamed to ``last.keras``)."""
+        return self.checkpoints_dir / f".epoch-{epoch}.keras"
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.path / "reports"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    def report(self, name: str) -> Path:
+        """A file under ``reports/``, its folder created."""
+        return self.sub("reports", name)
+
+    def plot(self, name: str) -> Path:
+        """A file under ``plots/``, its folder created."""
+        return self.sub("plots", name)
 
     def sub(self, *parts: str) -> Path:
         """A path inside the run, creating its parent folders."""
@@ -105,29 +204,36 @@ class RunDir:
         atomic_write_json(self.manifest_path, manifest)
         return manifest
 
-    def check_manifest(self, command: str, config: dict, ignore: tuple[str, ...] = ()) -> dict:
-        """Refuse to resume a run of another command or with different settings."""
+    def check_resume(self, settings: dict) -> None:
+        """Refuse to resume with any setting changed, naming the first one that differs.
+
+        ``settings`` is the whole resolved config (preset and recipe included) as it would
+        be written to a fresh manifest; it is compared with the manifest's ``config``.
+        """
+        stored = _plain(self.read_manifest().get("config") or {})
+        wanted = _plain(settings)
+        for key in [*wanted, *(k for k in stored if k not in wanted)]:
+            if stored.get(key, _MISSING) != wanted.get(key, _MISSING):
+                raise RunDirError(
+                    f"Run dir {self.path} was created with {_setting(key, stored)}; this command asks for "
+                    f"{_setting(key, wanted)}. Resume without changing settings, or pass a new --run-dir."
+                )
+
+    def check_manifest(self, command: str, config: dict) -> dict:
+        """Refuse a run of another command, then any changed setting (``check_resume``)."""
         manifest = self.read_manifest()
         if manifest.get("command") != command:
             raise RunDirError(
                 f"{self.path} is an effscale {manifest.get('command')!r} run, not a {command!r} run"
             )
-        old = {k: v for k, v in manifest.get("config", {}).items() if k not in ignore}
-        new = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ignore}
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if changed:
-            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
-            raise RunDirError(
-                f"{self.path} was created with different settings ({details}); resume with the "
-                "original settings, or pass a new --run-dir"
-            )
+        self.check_resume(config)
         return manifest
 
     # --- lock -----------------------------------------------------------------------------
     def acquire_lock(self) -> None:
         """One writer per run dir; a lock left by a dead process (kill -9) is taken over."""
         self.path.mkdir(parents=True, exist_ok=True)
-        lock = self.path / LOCK
+        lock = self.lock_path
         for _ in range(2):
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -148,7 +254,7 @@ class RunDir:
         raise RunDirError(f"could not lock {self.path}")
 
     def release_lock(self) -> None:
-        (self.path / LOCK).unlink(missing_ok=True)
+        self.lock_path.unlink(missing_ok=True)
 
     def __enter__(self) -> RunDir:
         self.acquire_lock()

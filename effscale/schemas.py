@@ -71,7 +71,9 @@ def read_coefficients(path) -> tuple[ScalingCoefficients, dict]:
     """Read a coefficients file, or ``best.json`` inside a grid run directory."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / "best.json"
+        from effscale.runs import RunDir
+
+        candidate = RunDir(path).best_path
         if not candidate.exists():
             raise ConfigError(
                 f"{path} is a directory without best.json; pass a finished grid run directory "

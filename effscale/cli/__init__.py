@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from effscale import __version__
+from effscale.console import describe, one_line
 from effscale.errors import EffscaleError
 
 # name -> "module:attribute"; modules are imported on first use only.
@@ -50,10 +51,6 @@ def _fallback_log() -> Path:
     return Path.home() / ".cache" / "effscale" / "last-error.log"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 class EffscaleGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -71,17 +68,17 @@ class EffscaleGroup(click.Group):
             code = exc.exit_code
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            click.echo(f"Error: {_one_line(exc.format_message())}{hint}", err=True)
+            click.echo(f"Error: {one_line(exc.format_message())}{hint}", err=True)
             code = exc.exit_code
         except click.ClickException as exc:
-            click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+            click.echo(f"Error: {one_line(exc.format_message())}", err=True)
             code = exc.exit_code
         except (KeyboardInterrupt, click.Abort):
             hint = f" Resume with: {state.resume_hint}" if state.resume_hint else ""
             click.echo(f"Interrupted.{hint}", err=True)
             code = 130
         except EffscaleError as exc:
-            click.echo(f"Error: {_one_line(exc)}", err=True)
+            click.echo(f"Error: {one_line(exc)}", err=True)
             code = 1
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if state.debug:
@@ -93,7 +90,7 @@ class EffscaleGroup(click.Group):
                     handle.write(traceback.format_exc())
             except OSError:
                 log = Path("(log unavailable)")
-            click.echo(f"Unexpected error: {type(exc).__name__}: {_one_line(exc)} (details in {log})", err=True)
+            click.echo(f"Unexpected error: {describe(exc)} (details in {log})", err=True)
             code = 1
         if standalone_mode:
             sys.exit(code or 0)

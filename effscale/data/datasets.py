@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from effscale.console import one_line
 from effscale.errors import DatasetError
 
 from effscale.backend import set_defaults  # noqa: E402
@@ -239,7 +240,7 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None = None) -> ImageDat
         else:
             (x_train, y_train), (x_val, y_val) = loader.load_data()
     except Exception as exc:  # noqa: BLE001 - keras raises bare Exception on URL failures
-        reason = " ".join(str(exc).split()).rsplit(" -- ", 1)[-1][:120]
+        reason = one_line(exc).rsplit(" -- ", 1)[-1][:120]
         raise DatasetError(
             f"cannot download {name} ({reason}); on an offline machine put {archive} in a folder "
             f"and pass --data-dir FOLDER"

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from effscale.console import describe
 from effscale.errors import ConfigError, TrialFailed
 from effscale.grid.search import SearchSpace, TrialSpec, candidate_cost, next_candidates
 from effscale.runs import utc_now
@@ -36,10 +37,6 @@ Start = Callable[[TrialSpec], None]
 Finish = Callable[[TrialSpec, "dict | None", "BaseException | None", float], None]
 MAX_FAILURES_IN_A_ROW = 3
 RAY_TRIALS_PER_WORKER = 8
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
 
 
 class LocalExecutor:
@@ -241,7 +238,7 @@ def run_search(
                 record.history = list(result.get("history", []))
         if error is not None:
             record.status = TrialStatus.FAILED
-            record.error = _one_line(error)
+            record.error = describe(error, 500)
         store.append(record)
         outcome.trials[spec.trial_id] = record.to_dict()
         outcome.ran += 1

@@ -237,12 +237,12 @@ def _markdown(config: GridConfig, rows: list[dict], info: dict) -> str:
 def write_reports(run: RunDir, config: GridConfig, space: SearchSpace, trials: dict, rows: list[dict],
                   info: dict) -> dict[str, Path]:
     written = {
-        "trials.csv": atomic_write_text(run.sub("reports", "trials.csv"),
+        "trials.csv": atomic_write_text(run.report("trials.csv"),
                                         console.to_frame(trial_rows(trials)).reindex(columns=TRIAL_COLUMNS)
                                         .to_csv(index=False)),
-        "ranking.csv": atomic_write_text(run.sub("reports", "ranking.csv"), console.render(rows, CSV_COLUMNS, "csv")),
-        "ranking.md": atomic_write_text(run.sub("reports", "ranking.md"), _markdown(config, rows, info)),
-        "ranking.json": atomic_write_json(run.sub("reports", "ranking.json"),
+        "ranking.csv": atomic_write_text(run.report("ranking.csv"), console.render(rows, CSV_COLUMNS, "csv")),
+        "ranking.md": atomic_write_text(run.report("ranking.md"), _markdown(config, rows, info)),
+        "ranking.json": atomic_write_json(run.report("ranking.json"),
                                           json.loads(json.dumps({"summary": info, "rows": rows}, default=str))),
     }
     winner = rows[0] if rows and rows[0]["acc_mean"] is not None else None
@@ -251,7 +251,7 @@ def write_reports(run: RunDir, config: GridConfig, space: SearchSpace, trials: d
         from effscale.schemas import write_coefficients
 
         written["best.json"] = write_coefficients(
-            run.path / "best.json",
+            run.best_path,
             ScalingCoefficients(winner["alpha"], winner["beta"], winner["gamma"]),
             config.budget,
             source=f"effscale grid {run.path}",
@@ -264,9 +264,9 @@ def write_reports(run: RunDir, config: GridConfig, space: SearchSpace, trials: d
         from effscale import plots
 
         written["grid_acc_vs_macs.png"] = plots.grid_accuracy_vs_macs(
-            rows, run.sub("plots", "grid_acc_vs_macs.png"), title=f"budget {config.budget:g}")
+            rows, run.plot("grid_acc_vs_macs.png"), title=f"budget {config.budget:g}")
         written["grid_constraint.png"] = plots.grid_constraint_surface(
-            rows, config.budget, run.sub("plots", "grid_constraint.png"))
+            rows, config.budget, run.plot("grid_constraint.png"))
     except Exception as exc:  # noqa: BLE001 - a plot must never lose the tables
         console.warn(f"plots were not written: {type(exc).__name__}: {exc}")
     return written
@@ -300,4 +300,4 @@ def rebuild(run: RunDir, fmt: str = "table") -> None:
     emit_ranking(rows, info, fmt)
     for line in summary_lines(info):
         console.info(line)
-    console.info(f"Reports in {run.path / 'reports'}" + (f"; best.json in {run.path}" if "best.json" in written else ""))
+    console.info(f"Reports in {run.reports_dir}" + (f"; best.json in {run.path}" if "best.json" in written else ""))

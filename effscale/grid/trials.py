@@ -16,9 +16,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from effscale.grid.search import Candidate, TrialSpec, TrialStatus  # noqa: F401 - TrialStatus re-exported
-from effscale.runs import RunDir, utc_now
+from effscale.runs import TRIALS, RunDir, utc_now
 
-TRIALS_FILE = "trials.jsonl"
+TRIALS_FILE = TRIALS
 
 
 @dataclass

@@ -78,10 +78,10 @@ def read_json_or_none(path: Path) -> dict | None:
 
 def history_records(run: RunDir) -> list[dict]:
     """Committed epochs: ``checkpoints/state.json`` (the commit point), else history.csv."""
-    state = read_json_or_none(run.path / "checkpoints" / "state.json")
+    state = read_json_or_none(run.state_path)
     if state is not None:
         return list(state.get("history", []))
-    path = run.path / "history.csv"
+    path = run.history_path
     if not path.is_file():
         return []
     import pandas as pd
@@ -159,8 +159,8 @@ def confused_pairs(metrics: dict | None, top: int = TOP_CONFUSED) -> list[dict]:
 
 def tables(run: RunDir) -> dict[str, tuple[list[dict], list[Column]]]:
     manifest = run.read_manifest()
-    metrics = read_json_or_none(run.path / "metrics.json")
-    state = read_json_or_none(run.path / "checkpoints" / "state.json")
+    metrics = read_json_or_none(run.metrics_path)
+    state = read_json_or_none(run.state_path)
     history = [{k: _clean(v) for k, v in row.items()} for row in history_records(run)]
     return {
         "summary": ([summary_record(manifest, metrics, state)], SUMMARY_COLUMNS),
@@ -180,7 +180,7 @@ def write_reports(run: RunDir, built: dict | None = None) -> list[Path]:
         keys = [c.key for c in columns] + sorted({k for r in records for k in r} - {c.key for c in columns})
         full_columns = [Column(k, k) for k in keys]
         for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json")):
-            path = run.sub("reports", f"{name}.{suffix}")
+            path = run.report(f"{name}.{suffix}")
             atomic_write_text(path, console.render(records, full_columns, fmt))
             written.append(path)
     written += write_plots(run, built)
@@ -198,12 +198,12 @@ def write_plots(run: RunDir, built: dict) -> list[Path]:
         import pandas as pd
 
         frame = pd.DataFrame(history)
-        written.append(plots.learning_curves(frame, run.sub("plots", "transfer_curves.png"), title))
+        written.append(plots.learning_curves(frame, run.plot("transfer_curves.png"), title))
     per_class, _ = built["per_class"]
     if per_class:
         import pandas as pd
 
-        written.append(plots.per_class_accuracy(pd.DataFrame(per_class), run.sub("plots", "per_class_accuracy.png"),
+        written.append(plots.per_class_accuracy(pd.DataFrame(per_class), run.plot("per_class_accuracy.png"),
                                                 f"per-class accuracy: {title}", limit=40))
     return written
 
@@ -244,4 +244,4 @@ def rebuild(run: RunDir, fmt: str = "table") -> None:
     built = tables(run)
     written = write_reports(run, built)
     render(built, fmt)
-    console.info(f"wrote {len(written)} report files under {run.path / 'reports'} and {run.path / 'plots'}")
+    console.info(f"wrote {len(written)} report files under {run.reports_dir} and {run.plots_dir}")
