@@ -2,16 +2,23 @@
 
 Commands describe their tables as ``Column`` lists over plain-dict records; ``emit``
 renders them as a rich table, JSON, CSV or Markdown. No Keras here.
+
+A rich table wider than the terminal would cut its cells to "…", so ``fit_tables`` never
+lets that happen: a table that does not fit is split into several, each repeating the
+key columns (a one-record table turns into a vertical key/value list instead). Nothing
+is dropped; ``--format csv|json|markdown`` always keep every column.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -19,10 +26,11 @@ FORMATS = ("table", "json", "csv", "markdown")
 
 out = Console(soft_wrap=False)
 err = Console(stderr=True)
-# Piped or redirected output would otherwise be cut to 80 columns with ellipses.
-if not out.is_terminal:
+# Piped or redirected output has no width of its own: rich would assume 80 columns. A
+# COLUMNS the user sets still wins (rich reads it itself).
+if not out.is_terminal and "COLUMNS" not in os.environ:
     out = Console(soft_wrap=False, width=240)
-if not err.is_terminal:
+if not err.is_terminal and "COLUMNS" not in os.environ:
     err = Console(stderr=True, width=240)
 
 
@@ -32,6 +40,7 @@ class Column:
     header: str
     fmt: Callable[[object], str] = str
     justify: str = "right"
+    repeat: bool = False  # repeated in every part when a table is split to fit the terminal
 
 
 def fmt_int(value) -> str:
@@ -59,15 +68,70 @@ def fmt_pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _cells(records: Sequence[dict], columns: Sequence[Column]) -> list[list[str]]:
+    return [[col.fmt(record.get(col.key)) if record.get(col.key) is not None else "-" for col in columns]
+            for record in records]
+
+
 def rich_table(records: Sequence[dict], columns: Sequence[Column], title: str | None = None,
                caption: str | None = None) -> Table:
     table = Table(title=title, caption=caption, header_style="bold")
     for col in columns:
-        table.add_column(col.header, justify=col.justify)
-    for record in records:
-        table.add_row(*(col.fmt(record.get(col.key)) if record.get(col.key) is not None else "-"
-                        for col in columns))
+        # fold, not "…": a cell wider than the whole terminal wraps instead of losing text
+        table.add_column(col.header, justify=col.justify, overflow="fold")
+    for row in _cells(records, columns):
+        table.add_row(*row)
     return table
+
+
+def _width(texts) -> int:
+    return max(cell_len(line) for text in texts for line in str(text).splitlines() or [""])
+
+
+def _table_width(widths: Sequence[int]) -> int:
+    # rich's default box: one border per column plus one, and one space of padding each side
+    return 1 + sum(w + 3 for w in widths)
+
+
+def fit_tables(records: Sequence[dict], columns: Sequence[Column], width: int, title: str | None = None,
+               caption: str | None = None) -> list[Table]:
+    """Tables that show every cell of ``records`` in full within ``width`` columns."""
+    cells = _cells(records, columns)
+    widths = [_width([col.header, *(row[i] for row in cells)]) for i, col in enumerate(columns)]
+    if _table_width(widths) <= width or not columns:
+        return [rich_table(records, columns, title, caption)]
+    if len(records) == 1:
+        table = Table(title=title, caption=caption, header_style="bold")
+        table.add_column("", justify="left", overflow="fold")
+        table.add_column("", justify="right", overflow="fold")
+        for col, cell in zip(columns, cells[0]):
+            table.add_row(col.header, cell)
+        table.show_header = False
+        return [table]
+    keys = [i for i, col in enumerate(columns) if col.repeat] or [0]
+    rest = [i for i in range(len(columns)) if i not in keys]
+
+    def pack(limit: int) -> list[list[int]]:
+        groups: list[list[int]] = []
+        for i in rest:
+            if groups and _table_width([widths[k] for k in keys + groups[-1] + [i]]) <= limit:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    groups = pack(width)
+    # The narrowest limit that needs no more parts: parts of even width, not one leftover column.
+    for limit in range(max(_table_width([widths[k] for k in keys + [i]]) for i in rest), width):
+        if len(balanced := pack(limit)) <= len(groups):
+            groups = balanced
+            break
+    tables = []
+    for n, group in enumerate(groups):
+        chosen = [columns[i] for i in sorted(keys + group)]
+        part = f"{title} ({n + 1}/{len(groups)})" if title else None
+        tables.append(rich_table(records, chosen, part, caption if n == len(groups) - 1 else None))
+    return tables
 
 
 def to_frame(records: Sequence[dict], columns: Sequence[Column] | None = None):
@@ -94,7 +158,8 @@ def render(records: Sequence[dict], columns: Sequence[Column], fmt: str) -> str:
 def emit(records: Sequence[dict], columns: Sequence[Column], fmt: str = "table",
          title: str | None = None, caption: str | None = None) -> None:
     if fmt == "table":
-        out.print(rich_table(records, columns, title, caption))
+        for table in fit_tables(records, columns, out.width, title, caption):
+            out.print(table)
     else:
         sys.stdout.write(render(records, columns, fmt))
 

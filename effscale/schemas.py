@@ -87,6 +87,8 @@ def read_coefficients(path) -> tuple[ScalingCoefficients, dict]:
     coefficients = ScalingCoefficients(
         _number(data, "alpha", path), _number(data, "beta", path), _number(data, "gamma", path)
     ).validate()
+    if "budget" in data:
+        _number(data, "budget", path)
     return coefficients, data
 
 

@@ -27,7 +27,39 @@ BAD_INPUT = [
      "Error: --phi and --all cannot be combined; pass one of them (see 'effscale scale --help')\n"),
     (["scale", "--all", "--output", "x.json"], 2,
      "Error: --output writes one variant; use it with --phi or --variant (see 'effscale scale --help')\n"),
+    # phi**coefficient overflowed before the sanity limit was compared
+    (["scale", "--phi", "1e9"], 1,
+     "Error: phi1e+09: phi 1e+09 exceeds the sanity limit 20 (see docs/scale.md); use a smaller phi or smaller "
+     "coefficients\n"),
+    # an empty name used to print every variant and exit 0
+    (["scale", "--variant", ""], 2,
+     "Error: Invalid value for '--variant': give a variant name (b0-b7, lite0-lite4), or leave --variant out "
+     "(see 'effscale scale --help')\n"),
+    (["scale", "--phi", "nan"], 2,
+     "Error: Invalid value for '--phi': 'nan' is not a finite number. (see 'effscale scale --help')\n"),
+    (["scale", "--phi", "2", "--budget", "1e300"], 1,
+     "Error: budget 1e+300 exceeds the sanity limit 100 (see docs/scale.md); the paper uses 2\n"),
 ]
+
+HUGE_TINY_ODD = ["1e308", "1e9", "25", "1e-300", "0", "-1e-300", "nan", "inf", "-inf", "1e400"]
+# Options whose value is only a problem once scaled: alpha**phi, budget**phi, ...
+NUMERIC_SWEEP = [
+    *[["scale", "--phi", v] for v in HUGE_TINY_ODD],
+    *[["scale", "--phi", "19", f"--{axis}", v] for axis in ("alpha", "beta", "gamma") for v in HUGE_TINY_ODD],
+    *[["scale", "--all", f"--{axis}", v] for axis in ("alpha", "beta", "gamma") for v in ("1e200", "1", "nan")],
+    *[["scale", "--phi", "19.9", "--budget", v] for v in HUGE_TINY_ODD],
+    ["scale", "--phi", "20", "--alpha", "1.0001", "--beta", "1.0001", "--gamma", "1.0001"],
+    ["scale", "--variant", "b1", "--beta", "1", "--gamma", "1.5"],
+]
+
+
+@pytest.mark.parametrize("args", NUMERIC_SWEEP, ids=" ".join)
+def test_numeric_options_never_crash(run_cli, args):
+    code, out, err = run_cli(*args)
+    if code == 0:
+        assert out and not err
+    else:
+        assert code in (1, 2) and err.startswith("Error: ") and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("args,code,stderr", BAD_INPUT)
@@ -101,6 +133,27 @@ def test_from_run_dir_uses_its_coefficients(run_cli, tmp_path):
     # An explicit flag overrides the file.
     _, out, _ = run_cli("scale", "--phi", "2", "--from", str(tmp_path), "--alpha", "1.2", "--format", "json")
     assert json.loads(out)[0]["alpha"] == 1.2
+
+
+def test_from_uses_the_budget_the_grid_recorded(run_cli, tmp_path):
+    write_coefficients(tmp_path / "best.json", ScalingCoefficients(1.2, 1.15, 1.2), budget=3.0)
+    code, out, _ = run_cli("scale", "--phi", "2", "--from", str(tmp_path), "--format", "json")
+    (record,) = json.loads(out)
+    assert code == 0 and record["budget"] == 3.0 and record["budget_target"] == pytest.approx(9.0)
+    assert record["flops_vs_target"] == pytest.approx(record["flops_vs_base"] / 9.0)
+    # An explicit --budget still wins over the file.
+    _, out, _ = run_cli("scale", "--phi", "2", "--from", str(tmp_path), "--budget", "2", "--format", "json")
+    assert json.loads(out)[0]["budget_target"] == pytest.approx(4.0)
+    # Without --from the paper's budget of 2 applies.
+    _, out, _ = run_cli("scale", "--phi", "2", "--format", "json")
+    assert json.loads(out)[0]["budget"] == 2.0
+
+
+def test_from_file_with_a_broken_budget_is_one_line(run_cli, tmp_path):
+    path = tmp_path / "coefficients.json"
+    path.write_text(json.dumps({"alpha": 1.2, "beta": 1.1, "gamma": 1.15, "budget": "three"}))
+    code, _, err = run_cli("scale", "--phi", "1", "--from", str(path))
+    assert code == 1 and err == f"Error: {path}: 'budget' must be a finite number, got 'three'\n"
 
 
 def test_lite_family(run_cli):

@@ -30,7 +30,8 @@ class ScalingCoefficients:
     @property
     def flops_factor(self) -> float:
         """alpha * beta^2 * gamma^2: the FLOPs multiplier of one step of phi."""
-        return self.alpha * self.beta**2 * self.gamma**2
+        # Products, not powers: a huge coefficient overflows to inf instead of raising.
+        return self.alpha * self.beta * self.beta * self.gamma * self.gamma
 
     def validate(self) -> ScalingCoefficients:
         for axis, value in (("alpha", self.alpha), ("beta", self.beta), ("gamma", self.gamma)):
@@ -181,25 +182,46 @@ class SanityLimits:
     max_resolution: int = 2048
     max_width_mult: float = 16.0
     max_depth_mult: float = 32.0
+    # FLOPs multiplier per step of phi; the paper uses 2, and 100 is far past any grid
+    # worth running (it also keeps budget**phi finite for every phi up to max_phi).
+    max_budget: float = 100.0
 
 
 SANITY_LIMITS = SanityLimits()
 
 
+def _limit(name: str, what: str, value: float, limit: float) -> None:
+    if value > limit:
+        raise SanityLimitError(
+            f"{name}: {what} {value:.4g} exceeds the sanity limit {limit:g} "
+            "(see docs/scale.md); use a smaller phi or smaller coefficients"
+        )
+
+
 def check_sanity(variant: Variant, limits: SanityLimits = SANITY_LIMITS) -> Variant:
-    checks = (
-        ("phi", variant.phi, limits.max_phi),
-        ("resolution", variant.resolution, limits.max_resolution),
-        ("width multiplier", variant.width_mult, limits.max_width_mult),
-        ("depth multiplier", variant.depth_mult, limits.max_depth_mult),
-    )
-    for what, value, limit in checks:
-        if value > limit:
-            raise SanityLimitError(
-                f"{variant.name}: {what} {value:.4g} exceeds the sanity limit {limit:g} "
-                "(see docs/scale.md); use a smaller phi or smaller coefficients"
-            )
+    _limit(variant.name, "phi", variant.phi, limits.max_phi)
+    _limit(variant.name, "resolution", variant.resolution, limits.max_resolution)
+    _limit(variant.name, "width multiplier", variant.width_mult, limits.max_width_mult)
+    _limit(variant.name, "depth multiplier", variant.depth_mult, limits.max_depth_mult)
     return variant
+
+
+def check_budget(budget: float, limits: SanityLimits = SANITY_LIMITS) -> float:
+    """The FLOPs budget per step of phi: a finite number above 1 and within the sanity limit."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 1:
+        raise ConfigError(f"budget must be a finite number > 1 (the paper uses 2), got {budget}")
+    if budget > limits.max_budget:
+        raise SanityLimitError(f"budget {budget:.4g} exceeds the sanity limit {limits.max_budget:g} "
+                               "(see docs/scale.md); the paper uses 2")
+    return float(budget)
+
+
+def _power(base: float, exponent: float) -> float:
+    """``base ** exponent``, or inf where floats overflow: the sanity limits then reject it."""
+    try:
+        return base**exponent
+    except OverflowError:
+        return math.inf
 
 
 def compound(
@@ -213,13 +235,18 @@ def compound(
     if not isinstance(phi, (int, float)) or not math.isfinite(phi) or phi < 0:
         raise ConfigError(f"phi must be a finite number >= 0, got {phi}")
     coefficients.validate()
+    name = name or f"phi{phi:g}"
+    # Checked before any power is taken: alpha**1e9 overflows before it can be compared.
+    _limit(name, "phi", phi, SANITY_LIMITS.max_phi)
     base = FAMILIES[family].baseline.resolution if base_resolution is None else base_resolution
+    raw_resolution = base * _power(coefficients.gamma, phi)
+    _limit(name, "resolution", raw_resolution, SANITY_LIMITS.max_resolution)
     variant = Variant(
-        name=name or f"phi{phi:g}",
+        name=name,
         phi=float(phi),
-        width_mult=coefficients.beta**phi,
-        depth_mult=coefficients.alpha**phi,
-        resolution=round_resolution(base * coefficients.gamma**phi),
+        width_mult=_power(coefficients.beta, phi),
+        depth_mult=_power(coefficients.alpha, phi),
+        resolution=round_resolution(raw_resolution),
         dropout_rate=dropout_for_phi(phi),
         source="compound",
         family=family,
@@ -230,13 +257,18 @@ def compound(
 def implied_phi(variant: Variant, coefficients: ScalingCoefficients = PAPER_COEFFICIENTS) -> dict:
     """The phi each axis of ``variant`` corresponds to under ``coefficients``.
 
-    The published B1-B7 were hand-tuned: B1 keeps width 1.0, so its width-phi is 0.
+    The published B1-B7 were hand-tuned: B1 keeps width 1.0, so its width-phi is 0. An
+    axis whose coefficient is 1 does not scale at all, so its phi is None (undefined).
     """
     base = FAMILIES[variant.family].baseline.resolution
+
+    def axis(ratio: float, coefficient: float) -> float | None:
+        return None if coefficient == 1.0 else math.log(ratio) / math.log(coefficient)
+
     return {
-        "depth": math.log(variant.depth_mult) / math.log(coefficients.alpha),
-        "width": math.log(variant.width_mult) / math.log(coefficients.beta),
-        "resolution": math.log(variant.resolution / base) / math.log(coefficients.gamma),
+        "depth": axis(variant.depth_mult, coefficients.alpha),
+        "width": axis(variant.width_mult, coefficients.beta),
+        "resolution": axis(variant.resolution / base, coefficients.gamma),
     }
 
 

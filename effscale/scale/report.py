@@ -17,6 +17,7 @@ from effscale.net.scaling import (
     PAPER_COEFFICIENTS,
     ScalingCoefficients,
     Variant,
+    check_budget,
     compound,
     implied_phi,
     published_in_family,
@@ -81,6 +82,7 @@ def derive(
     family: str = "efficientnet",
 ) -> dict:
     """Record of the compound variant at ``phi`` with its cost ratios and nearest official."""
+    budget = check_budget(budget)
     variant = compound(phi, coefficients, family=family)
     record = variant_record(variant)
     base_macs = _cost(base_of(family)).macs
@@ -114,12 +116,22 @@ def official(
         formula = variant_record(compound(variant.phi, coefficients, family=variant.family))
         record |= {
             "flops_vs_base": record["flops"] / base_macs,
-            "phi_depth": round(implied["depth"], 3),
-            "phi_width": round(implied["width"], 3),
-            "phi_resolution": round(implied["resolution"], 3),
+            **{f"phi_{axis}": None if value is None else round(value, 3) for axis, value in implied.items()},
             # log2 of the MACs ratio: the phi the paper's 2^phi FLOPs rule would assign.
             "phi_flops": round(math.log2(record["flops"] / base_macs), 3),
             "formula": {k: formula[k] for k in SUMMARY_COLUMNS + ["filters", "repeats"]},
         }
         records.append(record)
     return records
+
+
+def check_build(record: dict) -> int:
+    """Build ``record``'s network in Keras; its parameter count must equal the arithmetic one."""
+    from effscale.errors import EffscaleError
+    from effscale.net.keras_model import build_model  # the only Keras import of `scale`
+
+    built = build_model(scale_network(record_variant(record))).count_params()
+    if built != record["params"]:
+        raise EffscaleError(f"{record['name']}: Keras model has {built:,} params but arithmetic says "
+                            f"{record['params']:,}; please report this bug")
+    return built
