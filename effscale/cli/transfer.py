@@ -115,6 +115,6 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
         nan = result.metrics.get("nan_at") or {}
         raise TrainingStopped(
             f"loss became NaN at epoch {nan.get('epoch')} (batch {nan.get('batch')}); the run stopped and its "
-            f"report is in {result.run.path / 'reports'}; lower --lr or check the data"
+            f"report is in {result.run.reports_dir}; lower --lr or check the data"
         )
     console.info(f"done: {result.run.path}")

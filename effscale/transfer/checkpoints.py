@@ -28,7 +28,6 @@ from effscale.errors import EffscaleError
 from effscale.fsutil import atomic_write_json, atomic_write_text
 from effscale.runs import RunDir
 
-STATE = "checkpoints/state.json"
 HISTORY_COLUMNS = ("epoch", "phase", "lr", "loss", "accuracy", "top5", "val_loss", "val_accuracy",
                    "val_top5", "train_time_s", "epoch_time_s", "images_per_s")
 
@@ -46,7 +45,7 @@ class Checkpointer:
 
     @property
     def ckpt(self) -> Path:
-        return self.run.path / "checkpoints"
+        return self.run.checkpoints_dir
 
     @property
     def epochs_done(self) -> int:
@@ -58,17 +57,17 @@ class Checkpointer:
     @classmethod
     def restore(cls, run: RunDir) -> Checkpointer | None:
         """The committed state of ``run`` (finishing an interrupted commit), or None if fresh."""
-        path = run.path / STATE
+        path = run.state_path
         if not path.is_file():
             return None
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise EffscaleError(f"{path} is unreadable ({exc}); start a new run") from None
-        ckpt = run.path / "checkpoints"
-        pending = ckpt / f".epoch-{state['epoch']}.keras"
+        ckpt = run.checkpoints_dir
+        pending = run.pending_checkpoint(state["epoch"])
         if pending.is_file():
-            os.replace(pending, ckpt / "last.keras")  # step 4 of a commit killed half-way
+            os.replace(pending, run.last_checkpoint)  # step 4 of a commit killed half-way
         for leftover in ckpt.glob(".*.keras"):
             leftover.unlink(missing_ok=True)  # an epoch in flight when the process died
         me = cls(run, history=list(state["history"]), best_epoch=state.get("best_epoch"),
@@ -85,22 +84,22 @@ class Checkpointer:
     def commit(self, model, row: dict) -> None:
         self.ckpt.mkdir(parents=True, exist_ok=True)
         epoch = row["epoch"]
-        pending = self.ckpt / f".epoch-{epoch}.keras"
+        pending = self.run.pending_checkpoint(epoch)
         model.save(str(pending))
         val = row.get("val_accuracy")
         if val is not None and not math.isnan(val) and val > self.best_val_accuracy:
             tmp = self.ckpt / ".best-tmp.keras"
             shutil.copyfile(pending, tmp)
-            os.replace(tmp, self.ckpt / "best.keras")
+            os.replace(tmp, self.run.best_checkpoint)
             self.best_epoch, self.best_val_accuracy = epoch, float(val)
         self.history.append(row)
-        atomic_write_json(self.run.path / STATE, self.state())  # commit point
-        os.replace(pending, self.ckpt / "last.keras")
+        atomic_write_json(self.run.state_path, self.state())  # commit point
+        os.replace(pending, self.run.last_checkpoint)
         self.write_history()
 
     def write_status(self, status: str) -> None:
         self.status = status
-        atomic_write_json(self.run.path / STATE, self.state())
+        atomic_write_json(self.run.state_path, self.state())
 
     def write_history(self) -> None:
         import csv
@@ -111,4 +110,4 @@ class Checkpointer:
         writer.writeheader()
         for row in self.history:
             writer.writerow(row)
-        atomic_write_text(self.run.path / "history.csv", buffer.getvalue())
+        atomic_write_text(self.run.history_path, buffer.getvalue())

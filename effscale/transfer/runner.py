@@ -65,17 +65,7 @@ def resume_config(run_dir, *, recipe: str | None = None, preset: str | None = No
 
 def check_resume(run: RunDir, config: TransferConfig) -> None:
     """Refuse to resume ``run`` with settings other than those it was created with."""
-    from effscale.errors import RunDirError
-
-    stored = read_transfer_config(run.manifest_path).to_dict()
-    new = config.to_dict()
-    changed = [k for k in new if stored.get(k) != new.get(k)]
-    if changed:
-        key = changed[0]
-        raise RunDirError(
-            f"Run dir {run.path} was created with {key}={stored.get(key)!r}; this command asks for "
-            f"{key}={new.get(key)!r}. Resume without changing settings, or pass a new --run-dir."
-        )
+    run.check_resume(config.to_dict())
 
 
 def precheck(config: TransferConfig):
@@ -126,7 +116,7 @@ def run(config: TransferConfig, run_dir=None, *, resume: bool = False, progress:
     from effscale.transfer import report as transfer_report
     from effscale.transfer import train  # imports Keras
 
-    state = target.path / "checkpoints" / "state.json"
+    state = target.state_path
     try:
         with target:
             logger = target.attach_log()

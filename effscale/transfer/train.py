@@ -198,7 +198,7 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
         ckpt.status = "complete"
     ckpt.write_status(ckpt.status)
     metrics = _summary(config, ckpt, model, data, name, image_size)
-    best = run.path / "checkpoints" / "best.keras"
+    best = run.best_checkpoint
     if best.is_file():
         model.load_weights(str(best))
         console.info(f"evaluating the best epoch ({ckpt.best_epoch}) on {len(data.y_val):,} validation images ...")
@@ -213,7 +213,7 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
         metrics["nan_at"] = ckpt.extra.get("nan_at")
     from effscale.fsutil import atomic_write_json
 
-    atomic_write_json(run.path / "metrics.json", metrics)
+    atomic_write_json(run.metrics_path, metrics)
     return metrics
 
 
@@ -230,7 +230,7 @@ def _restore_or_start(config, run, data, name, spec, image_size):
     ckpt.status = "running"
     if resumed:
         console.info(f"resuming {run.path} after epoch {ckpt.epochs_done}/{config.epochs}")
-        model = keras.models.load_model(str(run.path / "checkpoints" / "last.keras"), compile=True)
+        model = keras.models.load_model(str(run.last_checkpoint), compile=True)
         backbone = model.get_layer(BACKBONE)
     else:
         model, backbone = build_transfer_model(config, spec, data.image_shape, data.num_classes, image_size)

@@ -18,6 +18,7 @@ set_defaults()
 
 import keras  # noqa: E402
 
+from effscale.console import one_line  # noqa: E402
 from effscale.errors import WeightsError  # noqa: E402
 
 log = logging.getLogger("effscale.weights")
@@ -35,10 +36,6 @@ KERAS_NOTOP_MD5 = {
 }
 
 
-def _one_line(text) -> str:
-    return " ".join(str(text).split())[:300]
-
-
 def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
 
@@ -53,7 +50,7 @@ def imagenet_weights_file(variant: str) -> Path:
         return Path(keras.utils.get_file(fname, KERAS_WEIGHTS_URL + fname, cache_subdir="models",
                                          file_hash=KERAS_NOTOP_MD5[variant]))
     except Exception as exc:  # noqa: BLE001 - keras raises bare Exception for URL failures
-        reason = _one_line(exc).rsplit(" -- ", 1)[-1][:120]  # "URL fetch failure on <url>: None -- <why>"
+        reason = one_line(exc, 300).rsplit(" -- ", 1)[-1][:120]  # "URL fetch failure on <url>: None -- <why>"
         raise WeightsError(
             f"cannot download ImageNet weights {fname} ({reason}); on an offline machine copy "
             f"{fname} to {cached} or pass --weights none|PATH"
@@ -79,7 +76,7 @@ def load_h5(backbone, path: Path, name: str) -> None:
     try:
         theirs = _h5_shapes(path)
     except (OSError, ValueError) as exc:
-        raise WeightsError(f"cannot read weights file {path} ({_one_line(exc)[:120]})") from None
+        raise WeightsError(f"cannot read weights file {path} ({one_line(exc, 120)})") from None
     mine = sorted(tuple(w.shape) for w in backbone.weights)
     if theirs != mine:
         raise WeightsError(
@@ -92,7 +89,7 @@ def load_h5(backbone, path: Path, name: str) -> None:
             backbone.load_weights(str(path))
     except Exception as exc:  # noqa: BLE001 - Keras raises ValueError/KeyError/OSError variously
         raise WeightsError(
-            f"weights file {path} does not fit {name} ({_one_line(exc)[:160]}); it was probably saved "
+            f"weights file {path} does not fit {name} ({one_line(exc, 160)}); it was probably saved "
             "for another variant or image size"
         ) from None
 
@@ -102,7 +99,7 @@ def load_keras_file(backbone, path: Path, name: str) -> None:
     try:
         source = keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"cannot read weights file {path} ({_one_line(exc)[:160]})") from None
+        raise WeightsError(f"cannot read weights file {path} ({one_line(exc, 160)})") from None
     try:
         source = source.get_layer(BACKBONE)
     except ValueError:
