@@ -92,6 +92,16 @@ def read_coefficients(path) -> tuple[ScalingCoefficients, dict]:
     return coefficients, data
 
 
+def tie_set_warning(document: dict) -> str | None:
+    """A warning when the grid run behind a coefficients file could not separate its best rows."""
+    metrics = document.get("metrics") or {}
+    ties = metrics.get("tie_set") or []
+    if len(ties) < 2:
+        return None
+    return (f"the grid search could not separate {len(ties)} rows ({', '.join(map(str, ties))}); "
+            f"{metrics.get('candidate')} was chosen by {metrics.get('rule')}. Any of them is as well supported.")
+
+
 def variant_document(variant: Variant, coefficients: ScalingCoefficients | None = None) -> dict:
     """The variant file's content: the summary keys of ``effscale scale`` plus the network."""
     from effscale.scale.report import variant_record

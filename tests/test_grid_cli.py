@@ -45,7 +45,14 @@ def test_grid_runs_writes_reports_and_best_json(run_cli, tmp_path):
     assert (run_dir / "plots" / "grid_constraint.png").exists()
     best = json.loads((run_dir / "best.json").read_text())
     assert best["schema"] == "effscale/coefficients@1"
-    assert f"a{best['alpha']:.2f}-b{best['beta']:.2f}-g{best['gamma']:.2f}"[:12] == rows[0]["candidate"][:12]
+    # best.json holds the chosen row: the cheapest (measured MACs) of the rows tied with the leader
+    chosen, ties = best["metrics"]["candidate"], best["metrics"]["tie_set"]
+    by_id = {r["candidate"]: r for r in rows}
+    assert rows[0]["candidate"] in ties and chosen in ties and best["metrics"]["rule"]
+    assert (float(by_id[chosen]["alpha"]), float(by_id[chosen]["beta"])) == (best["alpha"], best["beta"])
+    assert int(by_id[chosen]["macs"]) == min(int(by_id[t]["macs"]) for t in ties)
+    assert all(by_id[t]["tied"] == "True" for t in ties)
+    assert err.rstrip().splitlines()[-1] == best["metrics"]["verdict"]  # the closing sentence
     assert "training images seen" in err and "saved by halving" in err
     assert _complete_lines(run_dir) == {t: 1 for t in _complete_lines(run_dir)}
     assert len(_complete_lines(run_dir)) == SMOKE_SPACE.planned_trials()

@@ -113,7 +113,7 @@ def grid(ctx, preset, executor, ray_address, cpus_per_trial, gpus_per_trial, run
                      retry_failed=retry_failed, cache_dir=cache_dir, ray_address=ray_address,
                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, on_start=started)
     report.emit_ranking(result.rows, result.summary, fmt)
-    for line in report.summary_lines(result.summary):
-        console.info(line)
     console.info(f"Search took {result.seconds:.0f}s ({result.ran} trials run now). Reports: "
                  f"{result.run_dir / 'reports'}. Next: effscale scale --phi 3 --from {result.run_dir}")
+    for line in report.summary_lines(result.summary):  # the verdict's sentence comes last
+        console.info(line)

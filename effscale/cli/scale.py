@@ -54,9 +54,11 @@ def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_
                                  param_hint="'--variant'")
     base, source, recorded_budget = PAPER_COEFFICIENTS, "paper", DEFAULT_BUDGET
     if from_path is not None:
-        from effscale.schemas import read_coefficients
+        from effscale.schemas import read_coefficients, tie_set_warning
 
         base, document = read_coefficients(from_path)
+        if tie_set_warning(document):
+            console.warn(tie_set_warning(document))
         source = str(from_path)
         family = document.get("family", family)
         # The grid judged its coefficients against its own budget; 2 would misread a budget-3 search.

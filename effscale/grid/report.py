@@ -1,14 +1,15 @@
 """What ``effscale grid`` reports, rebuilt from the run directory alone (no Keras).
 
-* ``ranking(space, trials)``: one row per candidate and reference row, ranked by the
-  highest rung reached, then mean validation accuracy over seeds; ``noise`` is the
-  standard error of that mean (the larger of the seeds' std/sqrt(n) and the binomial
-  error of an accuracy measured on ``val_count`` images) and ``within_noise`` flags rows
-  whose gap to the top is under two combined standard errors.
-* ``summary``: the winner, how many rows are within noise of it, and the compute halving
-  saved (training images seen against the full schedule on the same rows).
+* ``ranking(space, trials, num_classes)``: one row per candidate and reference row, ranked
+  by the highest rung reached, then mean validation accuracy over seeds;
+  ``paired_statistics(rows, trials, run_path)`` gives each row its accuracy with a 95% interval and its difference to the leader of its
+  rung with a paired bootstrap interval (``grid.stats``); ``tied`` marks the rows whose
+  difference interval contains 0.
+* ``summary``: the verdict (chosen row, tie set, rule, one sentence), and the compute
+  halving saved (training images seen against the full schedule on the same rows).
 * ``write_reports``: reports/trials.csv, ranking.csv, ranking.md, ranking.json, the plots
-  and ``best.json`` (the coefficients schema ``effscale scale --from RUN_DIR`` reads).
+  and ``best.json`` (the coefficients schema ``effscale scale --from RUN_DIR`` reads; its
+  metrics record the choice, the tie set and the rule).
 * ``rebuild(run, fmt)``: what ``effscale report RUN_DIR`` calls.
 """
 
@@ -22,12 +23,12 @@ from pathlib import Path
 from effscale import console
 from effscale.console import Column, fmt_float
 from effscale.fsutil import atomic_write_json, atomic_write_text
+from effscale.grid import stats
 from effscale.grid.config import GridConfig
 from effscale.grid.search import SearchSpace, candidate_cost
 from effscale.runs import RunDir
 from effscale.grid.trials import TrialStatus, TrialStore
 
-NOISE_Z = 2.0  # "within noise": gap <= 2 combined standard errors
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -41,6 +42,45 @@ def _noise(mean: float, std: float, n: int, val_count: int | None) -> float:
     binomial = math.sqrt(max(mean * (1 - mean), 1e-6) / val_count) if val_count else 0.0
     seeds = std / math.sqrt(n) if n >= 2 and not math.isnan(std) else 0.0
     return max(binomial, seeds)
+
+
+def _samples(run_path, records_by_rung: dict[int, list[dict]], macs: dict[str, float]) -> dict[int, list]:
+    """stats.RowSample per row at each rung, with per-image correctness where it was saved."""
+    labels = stats.load_labels(run_path) if run_path is not None else None
+    out: dict[int, list] = {}
+    for rung, records in sorted(records_by_rung.items()):
+        by_row: dict[str, list[dict]] = defaultdict(list)
+        for r in records:
+            by_row[r["candidate"]["id"]].append(r)
+        samples = []
+        for key, rs in by_row.items():
+            rs.sort(key=lambda r: r["seed"])
+            correct = stats.load_correct(run_path, [r["trial_id"] for r in rs], labels) if labels is not None else None
+            val_count = min(int(r["metrics"].get("val_count") or 0) for r in rs) or None
+            samples.append(stats.RowSample(key, [float(r["metrics"]["val_accuracy"]) for r in rs], correct,
+                                           val_count, float(macs.get(key) or 0)))
+        out[rung] = samples
+    return out
+
+
+def paired_statistics(rows: list[dict], trials: dict, run_path=None) -> dict:
+    """Adds intervals and ``tied`` to ``rows`` (each at its top rung); returns the verdict."""
+    done = [r for r in trials.values() if r["status"] == TrialStatus.COMPLETE]
+    by_rung: dict[int, list[dict]] = defaultdict(list)
+    for r in done:
+        by_rung[int(r["rung"])].append(r)
+    samples = _samples(run_path, by_rung, {row["candidate"]: row["macs"] for row in rows})
+    results = {rung: stats.compare(s) for rung, s in samples.items()}
+    for row in rows:
+        found = results.get(row["rung"], {}).get(row["candidate"]) if row["rung"] is not None else None
+        row |= {k: (found or {}).get(k) for k in ("acc_lo", "acc_hi", "diff", "diff_lo", "diff_hi")}
+        row["stats_method"] = (found or {}).get("method")
+        top = max(results) if results else None
+        row["tied"] = bool(found and found["tied"] and row["rung"] == top)
+    if not results:
+        return {}
+    top = max(results)
+    return stats.verdict(samples[top], results[top], rung=top)
 
 
 def ranking(space: SearchSpace, trials: dict, num_classes: int = 100) -> list[dict]:
@@ -82,23 +122,18 @@ def ranking(space: SearchSpace, trials: dict, num_classes: int = 100) -> list[di
                     "val_loss": sum(losses) / len(losses) if losses else None}
         rows.append(row)
     rows.sort(key=lambda r: (r["acc_mean"] is None, -(r["rung"] or 0), -(r["acc_mean"] or 0), r["candidate"]))
-    top = rows[0] if rows and rows[0]["acc_mean"] is not None else None
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank if row["acc_mean"] is not None else None
-        row["within_noise"] = bool(
-            top is not None and row["acc_mean"] is not None and row["rung"] == top["rung"]
-            and top["acc_mean"] - row["acc_mean"] <= NOISE_Z * math.hypot(top["noise"], row["noise"])
-        )
     return rows
 
 
-def summary(space: SearchSpace, trials: dict, rows: list[dict]) -> dict:
+def summary(space: SearchSpace, trials: dict, rows: list[dict], verdict: dict | None = None) -> dict:
     statuses = [r["status"] for r in trials.values()]
     images = sum(int(r.get("images_seen") or 0) for r in trials.values())
     per_epoch = max((int(r.get("images_seen") or 0) // max(1, int(r["epochs"])) for r in trials.values()
                      if r.get("status") == TrialStatus.COMPLETE), default=None)
     full = space.images_full_schedule(per_epoch)
-    winner = rows[0] if rows and rows[0]["acc_mean"] is not None else None
+    winner = chosen_row(rows, verdict)
     planned = space.planned_trials()
     return {
         "schedule": space.config.schedule,
@@ -116,8 +151,15 @@ def summary(space: SearchSpace, trials: dict, rows: list[dict]) -> dict:
         "winner": winner["candidate"] if winner else None,
         "winner_role": winner["role"] if winner else None,
         "winner_acc": winner["acc_mean"] if winner else None,
-        "within_noise": [r["candidate"] for r in rows if r["within_noise"]],
+        "verdict": verdict or {},
     }
+
+
+def chosen_row(rows: list[dict], verdict: dict | None) -> dict | None:
+    """The row the verdict chose; without one (no statistics yet), the top-ranked row."""
+    chosen = (verdict or {}).get("chosen")
+    found = next((r for r in rows if r["candidate"] == chosen), None)
+    return found or (rows[0] if rows and rows[0]["acc_mean"] is not None else None)
 
 
 def _search_done(space: SearchSpace, trials: dict) -> bool:
@@ -126,36 +168,50 @@ def _search_done(space: SearchSpace, trials: dict) -> bool:
     return not next_candidates(space, trials)
 
 
-def _acc(row: dict) -> str:
-    if row.get("acc_mean") is None:
-        return "failed" if row.get("failed") else "-"
-    text = f"{100 * row['acc_mean']:.1f}"
-    if row.get("acc_std") is not None:
-        text += f" ± {100 * row['acc_std']:.1f}"
-    return text
-
-
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _interval(lo_key: str, hi_key: str):
+    def render(row: dict) -> str:
+        lo, hi = row.get(lo_key), row.get(hi_key)
+        return "-" if lo is None or hi is None else f"{100 * lo:.1f}..{100 * hi:.1f}"
+    return render
+
+
+# The console table keeps what the decision needs and fits 80 columns; --format
+# csv/json/markdown and reports/ranking.md keep every column.
+SHORT_ROLES = {"grid": "grid", "paper": "paper", "depth-only": "depth", "width-only": "width",
+               "resolution-only": "res"}
 RANKING_COLUMNS = [
     Column("rank", "#"),
     Column("candidate", "candidate", justify="left"),
-    Column("role", "role", justify="left"),
+    Column("role_short", "role", justify="left"),
+    Column("acc_mean", "acc %", _pct),
+    Column("acc_ci", "95% CI"),
+    Column("diff", "behind", _pct),
+    Column("diff_ci", "95% CI"),
+    Column("flag", "verdict", justify="left"),
+]
+WIDE_COLUMNS = RANKING_COLUMNS[:2] + [Column("role", "role", justify="left"), Column("rung", "rung"),
     Column("flops_factor", "a*b^2*g^2", fmt_float(3)),
     Column("macs_ratio", "MACs x (measured)", fmt_float(2)),
-    Column("params_ratio", "params x", fmt_float(2)),
-    Column("resolution", "res"),
-    Column("blocks", "blocks"),
-    Column("rung", "rung"),
-    Column("epochs", "epochs"),
-    Column("seeds", "seeds"),
-    Column("acc_text", "val acc %", justify="right"),
-    Column("noise", "± noise %", _pct),
-    Column("acc_rung0", "acc@rung0 %", _pct),
-    Column("noise_flag", "top", justify="left"),
-]
+    Column("resolution", "res"), Column("blocks", "blocks"), Column("epochs", "epochs"), Column("seeds", "seeds"),
+] + RANKING_COLUMNS[3:] + [Column("acc_rung0", "acc@rung0 %", _pct)]
+
+
+def ranking_table(rows: list[dict], verdict: dict | None, title: str, caption: str):
+    """The console's ranked table: no vertical rules, so eight columns fit in 80."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  show_edge=False, collapse_padding=True)
+    for col in RANKING_COLUMNS:
+        table.add_column(col.header, justify=col.justify, no_wrap=True)
+    for row in display_rows(rows, verdict):
+        table.add_row(*(col.fmt(row.get(col.key)) if row.get(col.key) is not None else "-" for col in RANKING_COLUMNS))
+    return table
 
 CSV_COLUMNS = [
     Column("rank", "rank"), Column("candidate", "candidate"), Column("role", "role"),
@@ -163,8 +219,10 @@ CSV_COLUMNS = [
     Column("flops_factor", "flops_factor"), Column("macs", "macs"), Column("macs_ratio", "macs_ratio"),
     Column("params", "params"), Column("params_ratio", "params_ratio"), Column("resolution", "resolution"),
     Column("blocks", "blocks"), Column("rung", "rung"), Column("epochs", "epochs"), Column("seeds", "seeds"),
-    Column("acc_mean", "acc_mean"), Column("acc_std", "acc_std"), Column("noise", "noise"),
-    Column("within_noise", "within_noise"), Column("acc_rung0", "acc_rung0"), Column("val_loss", "val_loss"),
+    Column("acc_mean", "acc_mean"), Column("acc_std", "acc_std"), Column("acc_lo", "acc_lo"),
+    Column("acc_hi", "acc_hi"), Column("diff", "diff_to_leader"), Column("diff_lo", "diff_lo"),
+    Column("diff_hi", "diff_hi"), Column("tied", "tied_with_best"), Column("stats_method", "stats_method"),
+    Column("noise", "noise"), Column("acc_rung0", "acc_rung0"), Column("val_loss", "val_loss"),
     Column("failed", "failed"), Column("images_seen", "images_seen"), Column("seconds", "seconds"),
     Column("error", "error"),
 ]
@@ -174,11 +232,18 @@ TRIAL_COLUMNS = ["trial_id", "candidate_id", "role", "seed", "rung", "epochs", "
                  "started_at", "finished_at", "error"]
 
 
-def display_rows(rows: list[dict]) -> list[dict]:
+def display_rows(rows: list[dict], verdict: dict | None = None) -> list[dict]:
+    chosen, top = (verdict or {}).get("chosen"), (verdict or {}).get("rung")
     out = []
     for row in rows:
-        flag = "winner" if row["rank"] == 1 else ("within noise" if row["within_noise"] else "")
-        out.append(row | {"acc_text": _acc(row), "noise_flag": flag})
+        flag = "chosen" if row["candidate"] == chosen else ("tied" if row.get("tied") else "worse")
+        if row["rung"] is None:
+            flag = "failed" if row.get("failed") else "-"
+        elif top is not None and row["rung"] < top:
+            flag = f"cut r{row['rung']}"
+        out.append(row | {"acc_ci": _interval("acc_lo", "acc_hi")(row), "flag": flag,
+                          "role_short": SHORT_ROLES.get(row["role"], row["role"]),
+                          "diff_ci": _interval("diff_lo", "diff_hi")(row)})
     return out
 
 
@@ -199,15 +264,8 @@ def trial_rows(trials: dict) -> list[dict]:
 
 
 def summary_lines(info: dict) -> list[str]:
+    """Compute and trial counts, then the verdict's one sentence last."""
     lines = []
-    if info["winner"]:
-        lines.append(f"Best: {info['winner']} ({info['winner_role']}), val accuracy {100 * info['winner_acc']:.1f}%.")
-        others = [c for c in info["within_noise"] if c != info["winner"]]
-        if others:
-            lines.append(f"Within noise of the best ({len(others)}): {', '.join(others[:8])}"
-                         f"{' ...' if len(others) > 8 else ''}; more seeds or data would separate them.")
-        else:
-            lines.append("No other row at the top rung is within noise of the best.")
     if info["images_full_schedule"]:
         ratio = info["images_ratio"]
         if info["schedule"] == "halving":
@@ -217,18 +275,24 @@ def summary_lines(info: dict) -> list[str]:
             lines.append(f"Compute: {info['images_seen']:,} training images seen (full schedule).")
     lines.append(f"Trials: {info['complete']} complete, {info['failed']} failed, {info['running']} interrupted "
                  f"(of {info['planned_trials']} planned).")
+    sentence = (info.get("verdict") or {}).get("sentence")
+    if sentence:
+        lines.append(sentence)
+    elif info["winner"]:
+        lines.append(f"Best: {info['winner']} ({info['winner_role']}), val accuracy {100 * info['winner_acc']:.1f}%.")
     return lines
 
 
 def _markdown(config: GridConfig, rows: list[dict], info: dict) -> str:
-    table = console.render(display_rows(rows), RANKING_COLUMNS, "markdown")
+    table = console.render(display_rows(rows, info.get("verdict")), WIDE_COLUMNS, "markdown")
     settings = ", ".join(f"{k}={v}" for k, v in config.to_dict().items())
     return (
         f"# effscale grid: budget {config.budget:g}\n\n"
         + "\n".join(f"- {line}" for line in summary_lines(info))
         + "\n\n"
         + "MACs x is measured on the rounded proxy network relative to the proxy base; "
-        "a*b^2*g^2 is the formula. Accuracy is the mean over seeds at the highest rung reached.\n\n"
+        "a*b^2*g^2 is the formula. Accuracy is the mean over seeds at the highest rung reached, with a 95% "
+        "bootstrap interval; 'behind' is the paired difference to the leader of that rung (docs/grid.md).\n\n"
         + table
         + f"\n\nSettings: {settings}\n"
     )
@@ -245,20 +309,24 @@ def write_reports(run: RunDir, config: GridConfig, space: SearchSpace, trials: d
         "ranking.json": atomic_write_json(run.report("ranking.json"),
                                           json.loads(json.dumps({"summary": info, "rows": rows}, default=str))),
     }
-    winner = rows[0] if rows and rows[0]["acc_mean"] is not None else None
+    winner = chosen_row(rows, info.get("verdict"))
     if winner is not None:
         from effscale.net.scaling import ScalingCoefficients
         from effscale.schemas import write_coefficients
 
+        verdict = info.get("verdict") or {}
         written["best.json"] = write_coefficients(
             run.best_path,
             ScalingCoefficients(winner["alpha"], winner["beta"], winner["gamma"]),
             config.budget,
             source=f"effscale grid {run.path}",
             metrics={"candidate": winner["candidate"], "role": winner["role"], "val_accuracy": winner["acc_mean"],
-                     "val_accuracy_std": winner["acc_std"], "noise": winner["noise"], "rung": winner["rung"],
+                     "val_accuracy_ci": [winner.get("acc_lo"), winner.get("acc_hi")],
+                     "val_accuracy_std": winner["acc_std"], "rung": winner["rung"],
                      "epochs": winner["epochs"], "seeds": winner["seeds"], "macs_ratio": winner["macs_ratio"],
-                     "within_noise": info["within_noise"], "search_finished": info["finished"]},
+                     "leader": verdict.get("leader"), "tie_set": verdict.get("tie_set", [winner["candidate"]]),
+                     "rule": verdict.get("rule"), "verdict": verdict.get("sentence"),
+                     "stats_method": verdict.get("method"), "search_finished": info["finished"]},
         )
     try:
         from effscale import plots
@@ -279,7 +347,8 @@ def build(run: RunDir) -> tuple[GridConfig, SearchSpace, dict, list[dict], dict]
     trials = TrialStore(run).latest()
     num_classes = int(manifest.get("num_classes") or (manifest.get("dataset") or {}).get("num_classes") or 100)
     rows = ranking(space, trials, num_classes)
-    return config, space, trials, rows, summary(space, trials, rows)
+    verdict = paired_statistics(rows, trials, run.path)
+    return config, space, trials, rows, summary(space, trials, rows, verdict)
 
 
 def emit_ranking(rows: list[dict], info: dict, fmt: str) -> None:
@@ -288,9 +357,14 @@ def emit_ranking(rows: list[dict], info: dict, fmt: str) -> None:
 
         sys.stdout.write(json.dumps({"summary": info, "rows": rows}, indent=2, default=str) + "\n")
         return
-    console.emit(display_rows(rows), RANKING_COLUMNS if fmt == "table" else CSV_COLUMNS, fmt,
-                 title=f"effscale grid (budget {info['budget']:g}, {info['schedule']})",
-                 caption="MACs x: measured on the rounded proxy network; accuracy: mean ± std over seeds")
+    verdict = info.get("verdict") or {}
+    title = f"effscale grid (budget {info['budget']:g}, {info['schedule']})"
+    if fmt != "table":
+        console.emit(display_rows(rows, verdict), CSV_COLUMNS, fmt, title=title)
+        return
+    caption = (f"95% CI: {verdict.get('method', '-')}; behind: points to the leader of the row's "
+               f"last rung; cut rN: stopped by halving at rung N")
+    console.out.print(ranking_table(rows, verdict, title, caption))
 
 
 def rebuild(run: RunDir, fmt: str = "table") -> None:
