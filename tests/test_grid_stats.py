@@ -95,7 +95,7 @@ def _write_run(tmp_path, accuracies: dict[str, list[float]]):
     run = RunDir(tmp_path)
     run.write_manifest("grid", config.to_dict())
     labels = np.arange(N, dtype=np.int16) % 10
-    np.save(tmp_path / stats.LABELS_FILE, labels)
+    np.save(run.val_labels_path, labels)
     by_id = {e.id: e for e in space.entries}
     rng = np.random.default_rng(0)
     for key, seeds in accuracies.items():
@@ -104,8 +104,8 @@ def _write_run(tmp_path, accuracies: dict[str, list[float]]):
             trial_id = f"{key}-s{seed}-r1"
             right = rng.permutation(N) < int(acc * N)
             predictions = np.where(right, labels, (labels + 1) % 10).astype(np.int16)
-            (tmp_path / "trials" / trial_id).mkdir(parents=True)
-            np.save(tmp_path / "trials" / trial_id / stats.PREDICTIONS_FILE, predictions)
+            run.trial_dir(trial_id).mkdir(parents=True)
+            np.save(run.predictions_path(trial_id), predictions)
             run.append_jsonl("trials.jsonl", {
                 "trial_id": trial_id, "candidate": entry.candidate.to_dict(), "role": entry.role, "seed": seed,
                 "rung": 1, "epochs": 3, "status": "COMPLETE", "metrics": {"val_accuracy": acc, "val_count": N},

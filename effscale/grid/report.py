@@ -2,7 +2,7 @@
 
 * ``ranking(space, trials, num_classes)``: one row per candidate and reference row, ranked
   by the highest rung reached, then mean validation accuracy over seeds;
-  ``paired_statistics(rows, trials, run_path)`` gives each row its accuracy with a 95% interval and its difference to the leader of its
+  ``paired_statistics(rows, trials, run)`` gives each row its accuracy with a 95% interval and its difference to the leader of its
   rung with a paired bootstrap interval (``grid.stats``); ``tied`` marks the rows whose
   difference interval contains 0.
 * ``summary``: the verdict (chosen row, tie set, rule, one sentence), and the compute
@@ -44,9 +44,9 @@ def _noise(mean: float, std: float, n: int, val_count: int | None) -> float:
     return max(binomial, seeds)
 
 
-def _samples(run_path, records_by_rung: dict[int, list[dict]], macs: dict[str, float]) -> dict[int, list]:
+def _samples(run: RunDir | None, records_by_rung: dict[int, list[dict]], macs: dict[str, float]) -> dict[int, list]:
     """stats.RowSample per row at each rung, with per-image correctness where it was saved."""
-    labels = stats.load_labels(run_path) if run_path is not None else None
+    labels = stats.load_labels(run) if run is not None else None
     out: dict[int, list] = {}
     for rung, records in sorted(records_by_rung.items()):
         by_row: dict[str, list[dict]] = defaultdict(list)
@@ -55,7 +55,7 @@ def _samples(run_path, records_by_rung: dict[int, list[dict]], macs: dict[str, f
         samples = []
         for key, rs in by_row.items():
             rs.sort(key=lambda r: r["seed"])
-            correct = stats.load_correct(run_path, [r["trial_id"] for r in rs], labels) if labels is not None else None
+            correct = stats.load_correct(run, [r["trial_id"] for r in rs], labels) if labels is not None else None
             val_count = min(int(r["metrics"].get("val_count") or 0) for r in rs) or None
             samples.append(stats.RowSample(key, [float(r["metrics"]["val_accuracy"]) for r in rs], correct,
                                            val_count, float(macs.get(key) or 0)))
@@ -63,13 +63,13 @@ def _samples(run_path, records_by_rung: dict[int, list[dict]], macs: dict[str, f
     return out
 
 
-def paired_statistics(rows: list[dict], trials: dict, run_path=None) -> dict:
+def paired_statistics(rows: list[dict], trials: dict, run: RunDir | None = None) -> dict:
     """Adds intervals and ``tied`` to ``rows`` (each at its top rung); returns the verdict."""
     done = [r for r in trials.values() if r["status"] == TrialStatus.COMPLETE]
     by_rung: dict[int, list[dict]] = defaultdict(list)
     for r in done:
         by_rung[int(r["rung"])].append(r)
-    samples = _samples(run_path, by_rung, {row["candidate"]: row["macs"] for row in rows})
+    samples = _samples(run, by_rung, {row["candidate"]: row["macs"] for row in rows})
     results = {rung: stats.compare(s) for rung, s in samples.items()}
     for row in rows:
         found = results.get(row["rung"], {}).get(row["candidate"]) if row["rung"] is not None else None
@@ -347,7 +347,7 @@ def build(run: RunDir) -> tuple[GridConfig, SearchSpace, dict, list[dict], dict]
     trials = TrialStore(run).latest()
     num_classes = int(manifest.get("num_classes") or (manifest.get("dataset") or {}).get("num_classes") or 100)
     rows = ranking(space, trials, num_classes)
-    verdict = paired_statistics(rows, trials, run.path)
+    verdict = paired_statistics(rows, trials, run)
     return config, space, trials, rows, summary(space, trials, rows, verdict)
 
 

@@ -60,14 +60,6 @@ def stored_config(run_dir) -> GridConfig:
     return GridConfig.from_dict(open_run_dir(Path(run_dir), "grid").read_manifest().get("config", {}))
 
 
-def check_resume(run: RunDir, settings: dict) -> None:
-    """One resume check for grid and transfer; the older per-command one until RunDir has it."""
-    if hasattr(run, "check_resume"):
-        run.check_resume(settings)
-    else:
-        run.check_manifest("grid", settings)
-
-
 def default_run_dir(config: GridConfig) -> Path:
     label = Path(str(config.dataset).rstrip("/")).name.split(".")[0] or "data"
     return Path("runs") / timestamp_name("grid", label)
@@ -130,7 +122,7 @@ def run(config: GridConfig, run_dir=None, *, resume: bool = False, executor="loc
         if run_dir is None:
             raise ValueError("resume=True needs the run_dir to resume")
         run = open_run_dir(Path(run_dir), "grid")
-        check_resume(run, config.to_dict())
+        run.check_resume(config.to_dict())
     trainer, num_classes, dataset_info, backend = _trainer(config, run_trial, cache_dir)
     if not resume:
         run = prepare_run_dir(Path(run_dir) if run_dir is not None else default_run_dir(config), overwrite)

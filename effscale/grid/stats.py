@@ -41,17 +41,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
+
+from effscale.runs import RunDir
 
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_REPLICATES = 2000
 CONFIDENCE = 0.95
 Z95 = 1.959964
 CHOICE_RULE = "fewest measured MACs among the tied rows (then higher accuracy)"
-PREDICTIONS_FILE = "predictions.npy"
-LABELS_FILE = "val_labels.npy"
 
 
 @dataclass
@@ -71,18 +69,18 @@ class RowSample:
         return float(np.mean(self.accuracies))
 
 
-def load_labels(run_path: Path) -> np.ndarray | None:
-    path = Path(run_path) / LABELS_FILE
+def load_labels(run: RunDir) -> np.ndarray | None:
+    path = run.val_labels_path
     return np.load(path) if path.exists() else None
 
 
-def load_correct(run_path: Path, trial_ids: Sequence[str], labels: np.ndarray | None) -> np.ndarray | None:
+def load_correct(run: RunDir, trial_ids: Sequence[str], labels: np.ndarray | None) -> np.ndarray | None:
     """k x n correctness of these trials, or None when any of them kept no usable predictions."""
     if labels is None or not trial_ids:
         return None
     rows = []
     for trial_id in trial_ids:
-        path = Path(run_path) / "trials" / trial_id / PREDICTIONS_FILE
+        path = run.predictions_path(trial_id)
         if not path.exists():
             return None
         predictions = np.load(path)
