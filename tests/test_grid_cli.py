@@ -178,6 +178,8 @@ NUMERIC_SWEEP = [
     ["--learning-rate", "nan"], ["--learning-rate", "inf"], ["--learning-rate", "1e308"], ["--learning-rate", "0"],
     ["--bn-momentum", "nan"], ["--bn-momentum", "inf"], ["--bn-momentum", "1"],
     ["--bn-recalibration-batches", "-1"], ["--bn-recalibration-batches", "1000000000"],
+    ["--confirm-phi", "1"], ["--confirm-phi", "0.5"], ["--confirm-phi", "abc"], ["--confirm-phi", "nan"],
+    ["--confirm-phi", "1e9"], ["--confirm-phi", "4", "--resolution", "1000"],
     ["--cpus-per-trial", "nan"], ["--cpus-per-trial", "inf"], ["--gpus-per-trial", "1e308"],
     ["--resolution", "1000", "--budget", "100", "--gamma", "1", "10", "--alpha", "1", "1", "--beta", "1", "1",
      "--step", "1", "--tolerance", "0"],
@@ -218,3 +220,38 @@ def test_library_run_keeps_library_warnings_off_the_console(tmp_path, capfd):
     assert "shuffle=True" in (tmp_path / "run" / "effscale.log").read_text()
     again = effscale.grid.run(config, tmp_path / "run", resume=True, run_trial=_noisy_trial)
     assert again.ran == 0 and again.summary["complete"] == result.summary["complete"]
+
+
+def test_confirm_phi_retrains_the_chosen_paper_and_single_axis_rows_one_step_up(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(*SMOKE, "--run-dir", str(run_dir), "--confirm-phi", "2", "--format", "json")
+    assert code == 0, err
+    best = json.loads((run_dir / "best.json").read_text())
+    chosen = best["metrics"]["candidate"]
+    records = [r for r in RunDir(run_dir / "confirm").read_jsonl("trials.jsonl") if r["status"] == "COMPLETE"]
+    # phi=2 of the same proxy base: every coefficient squared (worked out by hand)
+    expected = {"a1.44-b1.21-g1.3225", "a4.00-b1.00-g1.00", "a1.00-b2.00-g1.00", "a1.00-b1.00-g2.00"}
+    a, b, g = (best["alpha"], best["beta"], best["gamma"])
+    expected.add(f"a{a * a:.4f}".rstrip("0").ljust(5, "0") + f"-b{b * b:.4f}".rstrip("0").ljust(6, "0")
+                 + f"-g{g * g:.4f}".rstrip("0").ljust(6, "0"))
+    assert {r["candidate"]["id"] for r in records} == expected
+    assert {r["epochs"] for r in records} == {3}  # the smoke preset's last rung: 1 * 3^(2-1)
+    assert {r["seed"] for r in records} == {0, 1}  # the smoke preset's 2 seeds
+    assert len(records) == 2 * len(expected)
+    confirm = json.loads((run_dir / "reports" / "confirm.json").read_text())
+    assert {row["phi1_id"] for row in confirm["rows"]} >= {chosen, "a1.20-b1.10-g1.15"}
+    assert confirm["complete"] == confirm["planned"] == len(records)
+    assert "At phi=2 the phi=1 choice" in err
+    assert json.loads(out)["summary"]["confirm"]["kendall_tau"] is not None
+    lines = len(RunDir(run_dir / "confirm").read_jsonl("trials.jsonl"))
+    code, _, err = run_cli("grid", "--resume", str(run_dir), "--fake-trials", "0")
+    assert code == 0, err
+    assert len(RunDir(run_dir / "confirm").read_jsonl("trials.jsonl")) == lines  # nothing retrained
+
+
+def test_kendall_tau():
+    from effscale.grid.confirm import kendall_tau
+
+    assert kendall_tau(list("abcd"), list("abcd")) == 1.0
+    assert kendall_tau(list("abcd"), list("dcba")) == -1.0
+    assert kendall_tau(list("abcd"), list("bacd")) == pytest.approx(4 / 6)  # one of six pairs swapped

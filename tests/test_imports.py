@@ -6,7 +6,7 @@ import sys
 CORE = ["errors", "net.arch", "net.scaling", "net.cost", "schemas", "scale.report", "console", "runs", "fsutil",
         "backend", "grid.search", "transfer.config", "grid.config", "grid.trials", "grid.report", "transfer.report",
         "plots", "weights.load", "grid.executors", "transfer", "transfer.runner", "transfer.checkpoints",
-        "weights.resolve", "grid", "grid.run", "grid.progress", "grid.stats",
+        "weights.resolve", "grid", "grid.run", "grid.progress", "grid.stats", "grid.confirm",
         "cli", "cli.scale", "cli.report", "cli.grid", "cli.transfer", "cli.evaluate"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
@@ -39,6 +40,8 @@ SETTINGS = [
      "BatchNorm momentum while training the proxy (Keras default 0.99 is too slow to settle)."),
     ("--bn-recalibration-batches", "bn_recalibration_batches", int,
      "Recompute BatchNorm statistics on this many training batches before scoring (0: off)."),
+    ("--confirm-phi", "confirm_phi", float, "Then retrain the chosen, paper and single-axis rows at this phi "
+     "(e.g. 2; last rung's epochs and seeds) and check the phi=1 ranking holds."),
 ]
 
 
@@ -85,10 +88,11 @@ def grid(ctx, preset, executor, ray_address, cpus_per_trial, gpus_per_trial, run
     from effscale.grid import report
     from effscale.grid.progress import ConsoleProgress
     from effscale.grid.run import run, stored_config
+    from effscale.grid.trials import fake_trial
 
     if retry_failed and resume_dir is None:
         raise click.UsageError("--retry-failed only applies with --resume RUN_DIR")
-    if resume_dir is not None and (run_dir is not None or overwrite):
+    elif resume_dir is not None and (run_dir is not None or overwrite):
         raise click.UsageError("--resume cannot be combined with --run-dir or --overwrite")
     given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     explicit = {k: tuple(v) if isinstance(v, (tuple, list)) else v for k, v in settings.items()
@@ -96,12 +100,7 @@ def grid(ctx, preset, executor, ray_address, cpus_per_trial, gpus_per_trial, run
     # on --resume, a preset or flag that disagrees with the stored settings is refused by run()
     base = stored_config(resume_dir) if resume_dir is not None else DEFAULTS
     config = base.replace(**{**PRESETS.get(preset or "", {}), **explicit})
-    trainer = None
-    if fake_trials is not None:
-        from functools import partial
-
-        from effscale.grid.trials import fake_trial
-        trainer = partial(fake_trial, sleep=fake_trials)
+    trainer = None if fake_trials is None else partial(fake_trial, sleep=fake_trials)
 
     def started(run_, space, fresh, done):
         state.log_path, state.resume_hint = run_.log_path, f"effscale grid --resume {run_.path}"

@@ -275,6 +275,8 @@ def summary_lines(info: dict) -> list[str]:
             lines.append(f"Compute: {info['images_seen']:,} training images seen (full schedule).")
     lines.append(f"Trials: {info['complete']} complete, {info['failed']} failed, {info['running']} interrupted "
                  f"(of {info['planned_trials']} planned).")
+    if (info.get("confirm") or {}).get("sentence"):
+        lines.append(info["confirm"]["sentence"])
     sentence = (info.get("verdict") or {}).get("sentence")
     if sentence:
         lines.append(sentence)
@@ -309,6 +311,13 @@ def write_reports(run: RunDir, config: GridConfig, space: SearchSpace, trials: d
         "ranking.json": atomic_write_json(run.report("ranking.json"),
                                           json.loads(json.dumps({"summary": info, "rows": rows}, default=str))),
     }
+    if info.get("confirm"):
+        from effscale.grid import confirm
+
+        written["confirm.json"] = atomic_write_json(run.sub("reports", "confirm.json"),
+                                                    json.loads(json.dumps(info["confirm"], default=str)))
+        written["confirm.csv"] = atomic_write_text(run.sub("reports", "confirm.csv"), console.render(
+            confirm.table_rows(info["confirm"]), confirm.columns(wide=True), "csv"))
     winner = chosen_row(rows, info.get("verdict"))
     if winner is not None:
         from effscale.net.scaling import ScalingCoefficients
@@ -348,7 +357,12 @@ def build(run: RunDir) -> tuple[GridConfig, SearchSpace, dict, list[dict], dict]
     num_classes = int(manifest.get("num_classes") or (manifest.get("dataset") or {}).get("num_classes") or 100)
     rows = ranking(space, trials, num_classes)
     verdict = paired_statistics(rows, trials, run)
-    return config, space, trials, rows, summary(space, trials, rows, verdict)
+    info = summary(space, trials, rows, verdict)
+    if config.confirm_phi is not None:
+        from effscale.grid import confirm
+
+        info["confirm"] = confirm.summarize(run, space, rows)
+    return config, space, trials, rows, info
 
 
 def emit_ranking(rows: list[dict], info: dict, fmt: str) -> None:
@@ -365,6 +379,10 @@ def emit_ranking(rows: list[dict], info: dict, fmt: str) -> None:
     caption = (f"95% CI: {verdict.get('method', '-')}; behind: points to the leader of the row's "
                f"last rung; cut rN: stopped by halving at rung N")
     console.out.print(ranking_table(rows, verdict, title, caption))
+    if info.get("confirm") and fmt == "table":
+        from effscale.grid import confirm
+
+        confirm.emit(info["confirm"], fmt)
 
 
 def rebuild(run: RunDir, fmt: str = "table") -> None:

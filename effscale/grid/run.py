@@ -139,23 +139,25 @@ def run(config: GridConfig, run_dir=None, *, resume: bool = False, executor="loc
                     len(space.entries), space.planned_trials())
         if on_start is not None:
             on_start(run, space, not resume, done)
-        if isinstance(executor, str):
-            executor = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial)
-        confirm = None
+        def new_executor():  # run_search closes its executor when it returns
+            if isinstance(executor, str):
+                return make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial)
+            return executor
+
         with warnings_to_log(logger):
             try:
-                outcome = run_search(space, store, trainer, executor, progress, retry_failed, num_classes)
+                outcome = run_search(space, store, trainer, new_executor(), progress, retry_failed, num_classes)
             finally:
                 _write_reports(run, logger)
-            verdict = report.build(run)[4].get("verdict", {})
-            if config.confirm_phi is not None and verdict.get("chosen"):
+            info = report.build(run)[4]
+            if config.confirm_phi is not None and info["finished"] and info["verdict"].get("chosen"):
                 from effscale.grid.confirm import run_confirmation
 
-                confirm = run_confirmation(run, space, verdict, trainer, executor, progress, num_classes)
+                run_confirmation(run, space, info["verdict"], trainer, new_executor(), progress, num_classes)
                 _write_reports(run, logger)
         cfg, _, _, rows, info = report.build(run)
         return GridResult(run.path, cfg, rows, info, info.get("verdict", {}), outcome.seconds, outcome.ran,
-                          confirm)
+                          info.get("confirm"))
 
 
 def _write_reports(run: RunDir, logger: logging.Logger) -> None:

@@ -163,6 +163,20 @@ def compare(samples: Sequence[RowSample], replicates: int = BOOTSTRAP_REPLICATES
     return results
 
 
+def paired_difference(a: RowSample, b: RowSample, replicates: int = BOOTSTRAP_REPLICATES,
+                      seed: int = BOOTSTRAP_SEED) -> dict:
+    """``a - b`` in accuracy with its 95% interval (paired bootstrap where both kept predictions)."""
+    lo_q, hi_q = 100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2
+    diff = a.accuracy - b.accuracy
+    if a.correct is not None and b.correct is not None and a.correct.shape[1] == b.correct.shape[1]:
+        draws = bootstrap_accuracies([a, b], replicates, seed)
+        lo, hi = np.percentile(draws[0] - draws[1], [lo_q, hi_q])
+        return {"diff": diff, "diff_lo": float(lo), "diff_hi": float(hi), "method": "paired bootstrap"}
+    se = math.hypot(_normal_se(a), _normal_se(b))
+    return {"diff": diff, "diff_lo": diff - Z95 * se, "diff_hi": diff + Z95 * se,
+            "method": "normal approximation (no predictions saved)"}
+
+
 def verdict(samples: Sequence[RowSample], results: Mapping[str, dict], rung: int | None = None) -> dict:
     """The chosen row, the tie set, the rule and the console's one closing sentence."""
     if not results:
