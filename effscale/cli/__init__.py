@@ -33,6 +33,7 @@ COMMANDS = {
     "grid": "effscale.cli.grid:grid",
     "transfer": "effscale.cli.transfer:transfer",
     "evaluate": "effscale.cli.evaluate:evaluate",
+    "bench": "effscale.cli.bench:bench",
 }
 
 

@@ -32,7 +32,12 @@ COEFF = Number(min=1.0)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the variant config as JSON (for effscale transfer --variant FILE).")
 @click.option("--build", is_flag=True, help="Build the Keras model and check its parameter count.")
-def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_path, fmt, output, build):
+@click.option("--target-latency", metavar="TIME", help="Largest phi (0.25 steps) whose measured latency "
+              "on this device fits TIME (e.g. 30ms); builds and times models.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size the --target-latency measurements use.")
+def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_path, fmt, output, build,
+          target_latency, batch):
     """Derive a compound-scaled EfficientNet with exact params and FLOPs (multiply-adds).
 
     \b
@@ -40,13 +45,15 @@ def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_
       effscale scale --phi 2.5 --beta 1.15     override a coefficient
       effscale scale --phi 3 --from runs/grid  coefficients found by effscale grid
       effscale scale --all                     B0-B7: implied phi per axis vs the formula
+      effscale scale --target-latency 80ms     largest phi that runs in 80 ms here
     """
     from effscale.net.scaling import DEFAULT_BUDGET, PAPER_COEFFICIENTS, ScalingCoefficients
     from effscale.scale import render
     from effscale.scale import report as scale_report
 
     chosen = [flag for flag, on in (("--phi", phi is not None), ("--all", show_all),
-                                    ("--variant", variant_name is not None)) if on]
+                                    ("--variant", variant_name is not None),
+                                    ("--target-latency", target_latency is not None)) if on]
     if len(chosen) > 1:
         raise click.UsageError(f"{' and '.join(chosen)} cannot be combined; pass one of them")
     if variant_name is not None and not variant_name.strip():
@@ -70,11 +77,21 @@ def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_
         gamma if gamma is not None else base.gamma,
     ).validate()
 
+    measured = None
+    if target_latency is not None:
+        from effscale.bench.search import measured_search, parse_latency_ms
+
+        measured = measured_search(parse_latency_ms(target_latency), coefficients, family, batch, report=console.info)
+        phi = measured["phi"]
     if phi is not None:
-        record = scale_report.derive(phi, coefficients, budget, family)
+        record = scale_report.derive(phi, coefficients, budget, family) | ({"latency": measured} if measured else {})
         records = [record]
         if fmt == "table":
             render.render_derived(record, f"Compound scaling phi={phi:g} (coefficients: {source})")
+            if measured:
+                from effscale.bench.report import scale_latency_line
+
+                console.out.print(scale_latency_line(measured, batch))
         else:
             console.emit([record | {"nearest": record["nearest_official"]["name"]}],
                          render.summary_columns(render.PHI_EXTRA), fmt)

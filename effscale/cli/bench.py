@@ -1,0 +1,82 @@
+"""``effscale bench``: measured latency, throughput and memory beside params, MACs, activations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from effscale import console
+
+POSITIVE = click.IntRange(min=1)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path), metavar="[MODEL_PATH]...")
+@click.option("--variant", "variants", multiple=True, metavar="NAME",
+              help="b0-b7, lite0-lite4 or a variant JSON (repeatable).")
+@click.option("--phi", "phis", multiple=True, type=click.FloatRange(min=0.0), help="Compound phi (repeatable).")
+@click.option("--family", type=click.Choice(["efficientnet", "lite"]), default="efficientnet", show_default=True,
+              help="Baseline --phi scales.")
+@click.option("--resolution", type=POSITIVE, help="Input side for --variant/--phi (default: the variant's).")
+@click.option("--batch", type=POSITIVE, default=1, show_default=True, help="Batch size of the latency runs.")
+@click.option("--runs", type=click.IntRange(min=30), default=30, show_default=True,
+              help="Timed latency runs (after warm-up) per model.")
+@click.option("--warmup", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Untimed calls after the first (tracing) call.")
+@click.option("--throughput-batch", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Batch for the throughput runs (0: skip).")
+@click.option("--throughput-runs", type=POSITIVE, default=5, show_default=True, help="Timed throughput batches.")
+@click.option("--train", is_flag=True, help="Also time a training step (SGD, batch --train-batch).")
+@click.option("--train-batch", type=POSITIVE, default=8, show_default=True)
+@click.option("--threads", type=POSITIVE, help="Intra-op threads (default: the runtime's, all cores).")
+@click.option("--same-process", is_flag=True,
+              help="Measure every model in this process: faster, but memory after the first model is wrong.")
+@click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write latency vs MACs as PNG.")
+def bench(paths, variants, phis, family, resolution, batch, runs, warmup, throughput_batch, throughput_runs,
+          train, train_batch, threads, same_process, fmt, plot):
+    """Measure batch latency (p50/p90), throughput and peak memory on this device.
+
+    MODEL_PATH: a transfer run directory, a .keras file, or an exported artifact
+    (.tflite, .onnx, SavedModel directory).
+
+    \b
+      effscale bench --variant b0 --variant lite0
+      effscale bench --phi 0 --phi 0.5 --phi 1 --plot latency.png
+      effscale bench lite0.tflite lite0-int8.tflite --throughput-batch 0
+    """
+    from effscale.bench.report import COLUMNS, EXPORT_COLUMNS, TRAIN_COLUMN, correlation_caption, correlations
+    from effscale.bench.targets import resolve_targets
+    from effscale.export.artifacts import check_output_path
+
+    targets = resolve_targets(variants, phis, paths, family=family, resolution=resolution)
+    if plot is not None:
+        check_output_path(plot)
+
+    from effscale.bench.measure import BenchSettings, measure, measure_isolated, set_threads
+
+    settings = BenchSettings(batch=batch, runs=runs, warmup=warmup, throughput_batch=throughput_batch,
+                             throughput_runs=throughput_runs, train=train, train_batch=train_batch, threads=threads)
+    thread_info = set_threads(threads) if same_process else {}
+    records = []
+    for target in targets:
+        console.info(f"measuring {target.name} ({target.kind}) ...")
+        records.append(measure(target, settings) | thread_info if same_process
+                       else measure_isolated(target, settings))
+    corr = correlations(records)
+    columns = COLUMNS + ([TRAIN_COLUMN] if train else [])
+    first = records[0]
+    caption = (f"batch {batch}, {runs} runs after {warmup} warm-up; {first.get('tf_intra_op') or threads or 'all'}"
+               f" of {first['cpu_count']} CPU threads; trace: 1st call")
+    if fmt == "json":
+        console.emit([{"records": records, "correlations": corr, "settings": settings.to_dict()}], columns, fmt)
+    else:
+        console.emit(records, columns if fmt == "table" else EXPORT_COLUMNS, fmt,
+                     title="effscale bench", caption=caption)
+    if corr and fmt == "table":
+        console.info(correlation_caption(corr))
+    if plot is not None:
+        from effscale.bench.report import latency_vs_macs
+
+        console.info(f"wrote {latency_vs_macs(records, plot, title=f'latency vs MACs, batch {batch}')}")
