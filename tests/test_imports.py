@@ -7,7 +7,8 @@ CORE = ["errors", "net.arch", "net.scaling", "net.cost", "schemas", "scale.repor
         "backend", "grid.search", "transfer.config", "grid.config", "grid.trials", "grid.report", "transfer.report",
         "plots", "weights.load", "grid.executors", "transfer", "transfer.runner", "transfer.checkpoints",
         "weights.resolve", "grid", "grid.run", "grid.progress", "grid.stats", "grid.confirm",
-        "cli", "cli.scale", "cli.report", "cli.grid", "cli.transfer", "cli.evaluate"]
+        "bench.targets", "bench.stats", "bench.search", "bench.report", "export.artifacts",
+        "cli", "cli.scale", "cli.bench", "cli.export", "cli.report", "cli.grid", "cli.transfer", "cli.evaluate"]
 
 
 def _loaded_heavy(code: str) -> str:

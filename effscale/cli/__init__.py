@@ -34,6 +34,7 @@ COMMANDS = {
     "transfer": "effscale.cli.transfer:transfer",
     "evaluate": "effscale.cli.evaluate:evaluate",
     "bench": "effscale.cli.bench:bench",
+    "export": "effscale.cli.export:export",
 }
 
 

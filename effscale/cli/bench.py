@@ -28,11 +28,12 @@ POSITIVE = click.IntRange(min=1)
               help="Batch for the throughput runs (0: skip).")
 @click.option("--throughput-runs", type=POSITIVE, default=5, show_default=True, help="Timed throughput batches.")
 @click.option("--train", is_flag=True, help="Also time a training step (SGD, batch --train-batch).")
-@click.option("--train-batch", type=POSITIVE, default=8, show_default=True)
+@click.option("--train-batch", type=POSITIVE, default=8, show_default=True, help="Batch of the --train step.")
 @click.option("--threads", type=POSITIVE, help="Intra-op threads (default: the runtime's, all cores).")
 @click.option("--same-process", is_flag=True,
               help="Measure every model in this process: faster, but memory after the first model is wrong.")
-@click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True,
+              help="table (rich), or json/csv/markdown on stdout.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write latency vs MACs as PNG.")
 def bench(paths, variants, phis, family, resolution, batch, runs, warmup, throughput_batch, throughput_runs,
           train, train_batch, threads, same_process, fmt, plot):

@@ -1,0 +1,124 @@
+"""effscale bench / scale --target-latency: statistics, the phi search and bad input."""
+
+import math
+
+import numpy as np
+import pytest
+
+from effscale.bench.search import parse_latency_ms, search_phi
+from effscale.bench.stats import bootstrap_corr, corr, summarize
+from effscale.bench.targets import resolve_targets
+from effscale.errors import ConfigError
+from effscale.net.arch import NetworkSpec, StageSpec
+
+
+def write_tiny_variant(path):
+    """A two-stage network: builds and traces in a second, so slow tests stay short."""
+    import json
+
+    net = NetworkSpec(stem_filters=8, stages=(StageSpec(3, 1, 8, 8, 1, 1), StageSpec(3, 2, 8, 16, 2, 2)),
+                      head_filters=32, resolution=32, dropout_rate=0.0, drop_connect_rate=0.0)
+    path.write_text(json.dumps({"schema": "effscale/variant@1", "name": "tiny", "network": net.to_dict()}))
+    return path
+
+
+def test_summarize_percentiles_in_ms():
+    s = summarize([0.001 * i for i in range(1, 101)])  # 1..100 ms
+    assert s["p50_ms"] == pytest.approx(50.5)
+    assert s["p90_ms"] == pytest.approx(90.1)
+    assert s["min_ms"] == pytest.approx(1.0) and s["runs"] == 100
+
+
+def test_spearman_sees_monotone_pearson_sees_curvature():
+    x = np.arange(1, 10, dtype=float)
+    y = np.exp(x)
+    assert corr(x, y, "spearman") == pytest.approx(1.0)
+    assert corr(x, y, "pearson") < 0.9
+    boot = bootstrap_corr(x, x + np.sin(7 * x), "pearson", n_boot=500)
+    assert boot["lo"] <= boot["r"] <= boot["hi"] and boot["n"] == 9
+
+
+@pytest.mark.parametrize("text,ms", [("30ms", 30.0), ("0.03s", 30.0), ("2500us", 2.5), ("45", 45.0), (" 7.5 MS ", 7.5)])
+def test_parse_latency(text, ms):
+    assert parse_latency_ms(text) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["fast", "30 minutes", "-3ms", "0ms"])
+def test_parse_latency_rejects(text):
+    with pytest.raises(ConfigError):
+        parse_latency_ms(text)
+
+
+def test_search_finds_largest_fitting_phi_with_few_measurements():
+    calls = []
+
+    def latency(phi):  # 10 ms at phi=0, doubling per unit of phi
+        calls.append(phi)
+        return 10 * 2**phi
+
+    found = search_phi(30.0, latency)
+    # 10 * 2^phi <= 30  <=>  phi <= log2(3) = 1.585: the 0.25 grid gives 1.5, and 1.75 is over.
+    assert found["phi"] == 1.5 and found["next_phi"] == 1.75
+    assert found["latency_ms"] <= 30 < found["next_latency_ms"]
+    assert len(calls) == len(set(calls)) <= 8  # doubling + bisection, not a scan of 33 points
+
+
+def test_search_stops_at_max_phi():
+    found = search_phi(1e9, lambda phi: 1.0 + phi, max_phi=2.0)
+    assert found["phi"] == 2.0 and found["next_phi"] is None
+
+
+def test_target_below_smallest_model():
+    with pytest.raises(ConfigError, match=r"below the smallest model's latency \(phi=0: 12.0 ms"):
+        search_phi(5.0, lambda phi: 12.0)
+
+
+def test_targets_carry_arithmetic_cost():
+    b0, phi1 = resolve_targets(variants=["b0"], phis=[1.0])
+    assert b0.cost()["macs"] == pytest.approx(0.39e9, rel=0.02)
+    assert phi1.name == "phi1" and phi1.cost()["acts"] > b0.cost()["acts"]
+    assert resolve_targets(variants=["b0"], resolution=128)[0].cost()["resolution"] == 128
+
+
+def test_bench_errors_are_one_line(run_cli, tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"x" * 64)
+    (tmp_path / "bad.tflite").write_bytes(b"\x00" * 64)
+    cases = [
+        (("bench", str(tmp_path / "model.pt")), "Error: unknown artifact type '.pt'"),
+        (("bench", str(tmp_path / "bad.tflite")), "Error: " + str(tmp_path / "bad.tflite") + " is not a TFLite"),
+        (("bench", str(tmp_path)), "Error: " + str(tmp_path) + " is a directory without saved_model.pb"),
+        (("bench",), "Error: nothing to measure"),
+        (("bench", "--variant", "b9"), "Error: "),
+        (("bench", "--variant", "b0", "--plot", str(tmp_path / "no" / "p.png")), "Error: output directory"),
+    ]
+    for args, start in cases:
+        code, out, err = run_cli(*args)
+        assert code != 0, args
+        assert err.startswith(start), (args, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_scale_target_latency_bad_input(run_cli):
+    code, _, err = run_cli("scale", "--target-latency", "soon")
+    assert code == 1 and err.startswith("Error: latency 'soon' is not a duration")
+    code, _, err = run_cli("scale", "--phi", "1", "--target-latency", "30ms")
+    assert code == 2 and "--phi and --target-latency cannot be combined" in err
+
+
+@pytest.mark.slow
+def test_bench_measures_a_small_model(run_cli, tmp_path):
+    import json
+
+    plot = tmp_path / "lat.png"
+    tiny = str(write_tiny_variant(tmp_path / "tiny.json"))
+    code, out, err = run_cli("bench", "--variant", tiny, "--resolution", "48", "--same-process", "--runs", "30",
+                             "--throughput-batch", "4", "--throughput-runs", "2", "--train", "--train-batch", "2",
+                             "--threads", "1", "--format", "json", "--plot", str(plot))
+    assert code == 0, err
+    record = json.loads(out)[0]["records"][0]
+    assert record["name"] == "tiny@48" and record["resolution"] == 48 and record["runs"] == 30
+    assert 0 < record["min_ms"] <= record["p50_ms"] <= record["p90_ms"]
+    assert record["trace_s"] > 0 and record["images_per_s"] > 0 and record["train_step_ms"] > 0
+    assert record["mem_mb"] > 0 and record["tf_intra_op"] == 1
+    assert plot.stat().st_size > 1000
+    assert not math.isnan(record["p50_ms"])
