@@ -8,6 +8,10 @@ import click
 
 from effscale import console
 from effscale.console import Column, fmt_float, fmt_int, fmt_pct
+from effscale.net.scaling import SANITY_LIMITS
+
+# Larger batches are typos; far larger ones overflow a C long inside TensorFlow.
+MAX_BATCH = 65536
 
 SUMMARY_COLUMNS = [
     Column("model", "model", justify="left"),
@@ -46,8 +50,10 @@ PER_CLASS_COLUMNS = [
                    "the dataset .tar.gz (val/imagenet_index.csv).")
 @click.option("--resize", type=click.Choice(["plain", "crop"]), default="plain", show_default=True,
               help="plain: bicubic resize to the model's input; crop: TF eval centre crop R/(R+32), then resize.")
-@click.option("--image-size", type=click.IntRange(min=32), help="Build --variant at this resolution  [default: its own].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per predict step.")
+@click.option("--image-size", type=click.IntRange(min=32, max=SANITY_LIMITS.max_resolution),
+              help="Build --variant at this resolution  [default: its own].")
+@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH), default=32, show_default=True,
+              help="Images per predict step.")
 @click.option("--limit", type=click.IntRange(min=1), help="Score a seeded random subset of this many images.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder with the original CIFAR archive (offline).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Where decoded image folders are cached.")
