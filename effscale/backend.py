@@ -2,12 +2,70 @@
 
 Every module that imports Keras calls ``set_defaults()`` at its top; a user's own
 settings always win.
+
+TensorFlow's native start-up lines ("All log messages before absl::InitializeLog() is
+called are written to STDERR", oneDNN notices) are written by C++ straight to file
+descriptor 2 while ``tensorflow`` is imported; neither ``TF_CPP_MIN_LOG_LEVEL`` nor any
+absl variable silences them in TensorFlow 2.16+. So the first import of ``tensorflow``
+runs with descriptor 2 pointed at a temporary file; what it caught is kept in
+``native_startup_output`` and written to a run's effscale.log (``RunDir.attach_log``).
+Python-level output is untouched. Setting ``TF_CPP_MIN_LOG_LEVEL`` to 0 or 1 yourself
+turns the capture off.
 """
 
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.util
 import os
+import sys
+import tempfile
+
+native_startup_output: list[str] = []
 
 
 def set_defaults() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     # TensorFlow's C++ start-up chatter (oneDNN, CPU features) would bury effscale's output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1") and "tensorflow" not in sys.modules:
+        if not any(isinstance(finder, _QuietTensorFlow) for finder in sys.meta_path):
+            sys.meta_path.insert(0, _QuietTensorFlow())
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Point descriptor 2 at a temporary file for the duration; keep what was written."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            if text.strip():
+                native_startup_output.append(text)
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` like the normal machinery, but executes it under the capture."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once: the real finders answer from here on
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            execute = spec.loader.exec_module
+
+            def exec_module(module):
+                with _native_stderr_captured():
+                    execute(module)
+
+            spec.loader.exec_module = exec_module
+        return spec

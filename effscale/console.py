@@ -103,7 +103,7 @@ def fit_tables(records: Sequence[dict], columns: Sequence[Column], width: int, t
     if len(records) == 1:
         table = Table(title=title, caption=caption, header_style="bold")
         table.add_column("", justify="left", overflow="fold")
-        table.add_column("", justify="right", overflow="fold")
+        table.add_column("", justify="left", overflow="fold")
         for col, cell in zip(columns, cells[0]):
             table.add_row(col.header, cell)
         table.show_header = False

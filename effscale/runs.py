@@ -274,6 +274,10 @@ class RunDir:
             handler = logging.FileHandler(target, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logger.addHandler(handler)
+            from effscale.backend import native_startup_output
+
+            for text in native_startup_output:  # kept off the console, not lost
+                logger.debug("TensorFlow start-up output:\n%s", text.rstrip())
         return logger
 
     def append_jsonl(self, name: str, record: dict) -> None:

@@ -1,9 +1,12 @@
 """The core must stay importable without Keras/TensorFlow (fast `scale`, `report`)."""
 
+import os
 import subprocess
 import sys
 
-CORE = ["errors", "net.arch", "net.scaling", "net.cost", "schemas", "scale.report", "console", "runs", "fsutil",
+import pytest
+
+CORE = ["errors", "net.arch", "net.scaling", "net.cost", "schemas", "scale.report", "scale.render", "console", "runs", "fsutil",
         "backend", "grid.search", "transfer.config", "grid.config", "grid.trials", "grid.report", "transfer.report",
         "plots", "weights.load", "grid.executors", "transfer", "transfer.runner", "transfer.checkpoints",
         "weights.resolve", "grid", "grid.run", "grid.progress", "grid.stats", "grid.confirm",
@@ -25,3 +28,13 @@ def test_scale_command_does_not_import_keras():
     code = ("from click.testing import CliRunner\nfrom effscale.cli import cli\n"
             "r = CliRunner().invoke(cli, ['scale', '--all', '--format', 'json'])\nassert r.exit_code == 0, r.output")
     assert _loaded_heavy(code) == "[]"
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_lines_stay_off_the_console():
+    code = ("from effscale.backend import set_defaults, native_startup_output\nset_defaults()\nimport keras\n"
+            "import sys\nsys.stdout.write(''.join(native_startup_output))")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert "absl::InitializeLog" not in done.stderr and "oneDNN" not in done.stderr, done.stderr
+    assert "absl::InitializeLog" in done.stdout  # kept, for the run's effscale.log
