@@ -47,7 +47,6 @@ def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_
       effscale scale --all                     B0-B7: implied phi per axis vs the formula
       effscale scale --target-latency 80ms     largest phi that runs in 80 ms here
     """
-    from effscale.net.scaling import DEFAULT_BUDGET, PAPER_COEFFICIENTS, ScalingCoefficients
     from effscale.scale import render
     from effscale.scale import report as scale_report
 
@@ -59,23 +58,10 @@ def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_
     if variant_name is not None and not variant_name.strip():
         raise click.BadParameter("give a variant name (b0-b7, lite0-lite4), or leave --variant out",
                                  param_hint="'--variant'")
-    base, source, recorded_budget = PAPER_COEFFICIENTS, "paper", DEFAULT_BUDGET
-    if from_path is not None:
-        from effscale.schemas import read_coefficients, tie_set_warning
-
-        base, document = read_coefficients(from_path)
-        if tie_set_warning(document):
-            console.warn(tie_set_warning(document))
-        source = str(from_path)
-        family = document.get("family", family)
-        # The grid judged its coefficients against its own budget; 2 would misread a budget-3 search.
-        recorded_budget = document.get("budget", DEFAULT_BUDGET)
-    budget = recorded_budget if budget is None else budget
-    coefficients = ScalingCoefficients(
-        alpha if alpha is not None else base.alpha,
-        beta if beta is not None else base.beta,
-        gamma if gamma is not None else base.gamma,
-    ).validate()
+    chosen = scale_report.choose_coefficients(from_path, alpha, beta, gamma, budget, family)
+    if chosen.warning:
+        console.warn(chosen.warning)
+    coefficients, budget, family, source = chosen.coefficients, chosen.budget, chosen.family, chosen.source
 
     measured = None
     if target_latency is not None:
@@ -105,18 +91,11 @@ def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_
     if output is not None:
         if len(records) != 1:
             raise click.UsageError("--output writes one variant; use it with --phi or --variant")
-        _write_variant(records[0], coefficients if phi is not None else None, output)
+        scale_report.write_variant(records[0], coefficients if phi is not None else None, output)
+        console.info(f"wrote {output}")
     if build:
         for record in records:
             built = scale_report.check_build(record)
             console.info(f"[green]build check[/green] {record['name']}: Keras model has {built:,} params "
                          "= arithmetic count")
 
-
-def _write_variant(record: dict, coefficients, output: Path) -> None:
-    from effscale.fsutil import atomic_write_json
-    from effscale.scale.report import record_variant
-    from effscale.schemas import variant_document
-
-    atomic_write_json(output, variant_document(record_variant(record), coefficients))
-    console.info(f"wrote {output}")

@@ -10,6 +10,8 @@ Library API for notebooks too::
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 from effscale.net.cost import Cost, network_activations, network_cost
 from effscale.net.scaling import (
@@ -135,3 +137,43 @@ def check_build(record: dict) -> int:
         raise EffscaleError(f"{record['name']}: Keras model has {built:,} params but arithmetic says "
                             f"{record['params']:,}; please report this bug")
     return built
+
+
+@dataclass(frozen=True)
+class ChosenCoefficients:
+    coefficients: ScalingCoefficients
+    budget: float
+    family: str
+    source: str  # "paper" or the --from path
+    warning: str | None = None  # e.g. the grid's winner is statistically tied with others
+
+
+def choose_coefficients(from_path=None, alpha: float | None = None, beta: float | None = None,
+                        gamma: float | None = None, budget: float | None = None,
+                        family: str = "efficientnet") -> ChosenCoefficients:
+    """The paper's coefficients, or a grid's ``best.json``, with explicit values on top."""
+    base, source, recorded_budget, warning = PAPER_COEFFICIENTS, "paper", DEFAULT_BUDGET, None
+    if from_path is not None:
+        from effscale.schemas import read_coefficients, tie_set_warning
+
+        base, document = read_coefficients(from_path)
+        warning = tie_set_warning(document)
+        source = str(from_path)
+        family = document.get("family", family)
+        # The grid judged its coefficients against its own budget; 2 would misread a budget-3 search.
+        recorded_budget = document.get("budget", DEFAULT_BUDGET)
+    coefficients = ScalingCoefficients(
+        alpha if alpha is not None else base.alpha,
+        beta if beta is not None else base.beta,
+        gamma if gamma is not None else base.gamma,
+    ).validate()
+    return ChosenCoefficients(coefficients, recorded_budget if budget is None else budget, family, source,
+                              warning or None)
+
+
+def write_variant(record: dict, coefficients: ScalingCoefficients | None, output: Path) -> Path:
+    """The variant file ``effscale transfer --variant FILE`` reads."""
+    from effscale.fsutil import atomic_write_json
+    from effscale.schemas import variant_document
+
+    return atomic_write_json(output, variant_document(record_variant(record), coefficients))
