@@ -1,12 +1,12 @@
 """The builder runs unchanged on the other Keras backends and gives the same outputs."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import require
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +47,7 @@ def tensorflow_reference(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_same_outputs_as_tensorflow(backend, tmp_path, request):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed (pip install {backend}) - TensorFlow-only machine")
+    require(backend, load=False)
     source, expected = request.getfixturevalue("tensorflow_reference")
     other = _run(backend, source, tmp_path / "other.npz")
     assert str(other["backend"]) == backend

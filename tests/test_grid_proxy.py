@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import require
 
 from effscale.grid.config import preset
 from effscale.grid.search import Candidate, SearchSpace, TrialSpec
@@ -70,7 +71,7 @@ def test_bn_recalibration_sets_the_exact_average_of_batch_statistics(tiny):
 
 
 def test_ray_executor_gives_the_same_trial_set(tmp_path):
-    pytest.importorskip("ray")
+    require("ray")
     from effscale.grid.executors import LocalExecutor, RayExecutor, run_search
     from effscale.runs import RunDir
     from effscale.grid.trials import TrialStore, fake_trial

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 from effscale.net.arch import NetworkSpec, StageSpec
 
@@ -248,7 +249,7 @@ def test_seed_recipe_runs_and_records_its_settings(run_cli, tiny, tmp_path):
 
 def test_runs_under_jax_with_the_numpy_pipeline(tiny, tmp_path):
     """Model code is backend-agnostic; without tf.data the PyDataset fallback feeds it."""
-    pytest.importorskip("jax")
+    require("jax", load=False)
     run_dir = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "effscale", *base_args(tiny, run_dir, "--epochs", "1")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300,

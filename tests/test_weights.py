@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 from effscale.weights import load as W
 from effscale.errors import WeightsError
@@ -353,7 +354,7 @@ def test_wrong_architecture_is_refused_with_a_guess(weights, variant):
 
 
 def test_reader_agrees_with_torch_when_installed():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     state = _registry_state("lite0")
     reference = torch.load(W.resolve_weights("lite0")[0], weights_only=True)
     assert list(state) == list(reference)
@@ -362,7 +363,7 @@ def test_reader_agrees_with_torch_when_installed():
 
 
 def test_fixture_writer_agrees_with_torch_when_installed(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     state = small_state()
     for writer in (write_zip, write_legacy):
         loaded = torch.load(writer(tmp_path / f"{writer.__name__}.pth", state), weights_only=True)
