@@ -9,7 +9,8 @@ import pytest
 CORE = ["errors", "net.arch", "net.scaling", "net.cost", "schemas", "scale.report", "scale.render", "console", "runs", "fsutil",
         "backend", "grid.search", "transfer.config", "grid.config", "grid.trials", "grid.report", "transfer.report",
         "plots", "weights.load", "grid.executors", "transfer", "transfer.runner", "transfer.checkpoints",
-        "weights.resolve", "api", "grid", "grid.run", "grid.progress", "grid.stats", "grid.confirm",
+        "weights.resolve", "weights.pth", "data.records", "data.cifar", "data.folders",
+        "data.datasets", "api", "grid", "grid.run", "grid.progress", "grid.stats", "grid.confirm",
         "bench.targets", "bench.stats", "bench.search", "bench.report", "export.artifacts",
         "cli", "cli.scale", "cli.bench", "cli.export", "cli.report", "cli.grid", "cli.transfer", "cli.evaluate"]
 

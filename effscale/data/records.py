@@ -1,0 +1,73 @@
+"""The dataset record every loader returns, and the checks a dataset must pass to train."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from effscale.errors import DatasetError
+
+VAL_SPLITS = ("val", "test", "validation")
+HOLDOUT_FRACTION = 0.1  # image folders without val/ or test/: hold out 10% of train
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images as uint8 NHWC arrays at native size, labels as int64."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    class_names: tuple[str, ...]
+    source: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "train": int(len(self.y_train)),
+            "val": int(len(self.y_val)),
+            "num_classes": self.num_classes,
+            "image_shape": list(self.image_shape),
+        }
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EFFSCALE_DATA_CACHE") or Path.home() / ".cache" / "effscale" / "datasets")
+
+
+def check_classes(dataset: ImageDataset) -> ImageDataset:
+    """Refuse a dataset that cannot train: fewer than two classes in its training split, or
+    a validation class the training split does not have (it could never be predicted).
+    The message names the class folder, so the user knows what to add or remove."""
+    present = np.unique(dataset.y_train)
+    names = dataset.class_names
+    if len(present) < 2:
+        only = names[int(present[0])] if len(present) else None
+        what = f"only the class {only!r}" if only is not None else "no images"
+        raise DatasetError(
+            f"{dataset.source or dataset.name}: the training split has {what}; training needs at least two "
+            "class folders with images (add train/<class>/ folders)"
+        )
+    unseen = sorted(set(np.unique(dataset.y_val).tolist()) - set(present.tolist()))
+    if unseen:
+        name = names[unseen[0]]
+        more = f" (and {len(unseen) - 1} more)" if len(unseen) > 1 else ""
+        raise DatasetError(
+            f"{dataset.source or dataset.name}: the validation class {name!r}{more} has no training images; "
+            f"add train/{name}/ images or remove that validation folder"
+        )
+    return dataset
