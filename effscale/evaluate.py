@@ -122,8 +122,9 @@ def load_images(dataset: str, split: str | None = None, data_dir=None, cache_dir
                 limit: int | None = None, seed: int = 0) -> EvalImages:
     """The evaluation images of ``dataset`` (a name or an image folder / tarball).
 
-    Image folders may hold only a val/ (or test/) split, as Imagenette's does. ``split``
-    defaults to the first of val, test, validation, else train.
+    Image folders may hold only a val/ (or test/) split, as Imagenette's does, or no split
+    folders at all (``<class>/*``, torchvision's ImageFolder layout: the split ``images``).
+    ``split`` defaults to the first of val, test, validation, train, images.
     """
     from effscale.data import datasets as D
 
@@ -136,9 +137,12 @@ def load_images(dataset: str, split: str | None = None, data_dir=None, cache_dir
         x, y = (ds.x_train, ds.y_train) if which == "train" else (ds.x_val, ds.y_val)
         images = EvalImages(x, y, ds.class_names, ds.name, which)
     else:
-        splits, class_names = D.read_image_folder(key, cache_dir=cache_dir)
+        from effscale.data.folders import CLASS_FOLDERS
+
+        # Scoring needs one split only, so a folder of <class>/ folders (ImageFolder) works too.
+        splits, class_names = D.read_image_folder(key, cache_dir=cache_dir, class_folders=True)
         if split is None:
-            split = next((s for s in (*D.VAL_SPLITS, "train") if s in splits), None)
+            split = next((s for s in (*D.VAL_SPLITS, "train", CLASS_FOLDERS) if s in splits), None)
         if split not in splits:
             raise DatasetError(f"{dataset} has no {split}/ split; it has {', '.join(sorted(splits))}")
         x, y = splits[split]

@@ -289,3 +289,35 @@ def test_pipeline_batches_shapes_and_augmentation():
         make_batches(ds.x_val, ds.y_val, batch_size=0, num_classes=10, training=False)
     with pytest.raises(ConfigError, match="unknown augmentation"):
         make_batches(ds.x_val, ds.y_val, batch_size=4, num_classes=10, training=True, augment=("blur",))
+
+
+# Datasets that cannot train: (class folders per split, what the one-line refusal names).
+UNTRAINABLE = [
+    ({"train": ["cat"], "val": ["cat"]}, "only one class folder, train/cat/"),
+    ({"train": ["cat"]}, "only one class folder, train/cat/"),  # no val/: a held-out slice of train
+    ({"train": ["cat", "dog"], "val": ["cat", "dog", "fox"]}, "validation class folder fox/ has no training images"),
+]
+
+
+@pytest.mark.parametrize("layout, message", UNTRAINABLE)
+def test_datasets_that_cannot_train_are_refused_naming_the_folder(tmp_path, layout, message):
+    root = tmp_path / "ds"
+    for split, classes in layout.items():
+        for cls in classes:
+            for i in range(3):
+                _save(root / split / cls / f"{i}.png")
+    with pytest.raises(DatasetError, match=message) as info:
+        load_dataset(str(root), cache_dir=tmp_path / "cache")
+    assert "\n" not in str(info.value)
+
+
+def test_class_folders_without_splits_are_one_split_for_evaluation_only(tmp_path):
+    root = tmp_path / "imagefolder"
+    for cls, n in (("cat", 2), ("dog", 3)):
+        for i in range(n):
+            _save(root / cls / f"{i}.png")
+    splits, names = read_image_folder(root, cache_dir=tmp_path / "c", class_folders=True)
+    assert list(splits) == ["images"] and names == ("cat", "dog")
+    assert splits["images"][1].tolist() == [0, 0, 1, 1, 1]
+    with pytest.raises(DatasetError, match="no train/ or val/ folder"):  # training needs both splits
+        load_dataset(str(root), cache_dir=tmp_path / "c")

@@ -94,3 +94,82 @@ def test_flags_override_recipe(run_cli, in_tmp):
     code, out, _ = run_cli("transfer", "--recipe", "seed", "--lr", "0.001", "--augment", "none", "--print-config")
     config = json.loads(out)
     assert config["learning_rate"] == 0.001 and config["augment"] == [] and config["optimizer"] == "rmsprop"
+
+
+def _stored_run(root, **settings):
+    """A transfer run directory as a finished `transfer` would leave its manifest."""
+    from effscale.runs import RunDir
+    from effscale.transfer.config import resolve_transfer_config
+
+    config = resolve_transfer_config(**settings)
+    run = RunDir(root)
+    root.mkdir(parents=True)
+    run.write_manifest("transfer", config.to_dict(), seed=config.seed)
+    return run
+
+
+# (flags added to --resume, the setting the one-line refusal names)
+RESUME_CHANGES = [
+    (["--preset", "smoke"], "preset=None"),
+    (["--epochs", "5"], "epochs=3"),
+    (["--recipe", "seed"], "recipe='default'"),
+]
+
+
+@pytest.mark.parametrize("flags, named", RESUME_CHANGES)
+def test_resume_refuses_any_changed_setting_preset_included(run_cli, in_tmp, flags, named):
+    run = _stored_run(in_tmp / "run", dataset="synthetic", weights="none", epochs=3, image_size=32)
+    before = sorted(p.name for p in run.path.iterdir())
+    code, _, err = run_cli("transfer", "--resume", str(run.path), *flags)
+    assert code == 1 and one_error_line(err)
+    assert f"was created with {named}" in err and "Resume without changing settings" in err
+    assert sorted(p.name for p in run.path.iterdir()) == before  # nothing trained, nothing written
+
+
+def test_resume_with_the_stored_preset_is_not_a_change(run_cli, in_tmp):
+    run = _stored_run(in_tmp / "run", preset="smoke", epochs=3)
+    code, out, err = run_cli("transfer", "--resume", str(run.path), "--preset", "smoke", "--print-config")
+    assert code == 0, err
+    assert json.loads(out)["epochs"] == 3  # the flag given with the preset at creation still holds
+
+
+def test_single_class_dataset_is_refused_before_a_run_dir_exists(run_cli, in_tmp):
+    for split in ("train", "val"):
+        (in_tmp / "ds" / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (32, 32), (9, 9, 9)).save(in_tmp / "ds" / split / "cat" / "0.png")
+    code, _, err = run_cli("transfer", "--preset", "smoke", "--dataset", str(in_tmp / "ds"),
+                           "--cache-dir", str(in_tmp / "cache"))
+    assert code == 1 and one_error_line(err) and "train/cat/" in err
+    assert not (in_tmp / "runs").exists()
+
+
+# Every numeric option of `transfer`, each with values a typo produces. None may end in a
+# traceback or an "Unexpected error"; the ones marked bad must be refused in one line.
+NUMERIC_OPTIONS = ["--image-size", "--blocks", "--last-layers", "--epochs", "--warmup-epochs", "--batch-size",
+                   "--lr", "--finetune-lr", "--lr-decay", "--weight-decay", "--momentum", "--label-smoothing",
+                   "--dropout", "--limit-train", "--limit-val", "--seed"]
+BAD_NUMBERS = ["1e30", "99999999999999999999999", "nan", "inf", "-inf", "-1"]
+# A huge learning rate is accepted on purpose: its first steps give a NaN loss, and the NaN
+# guard stops the run with its report (test_transfer_train.test_nan_loss_stops_cleanly_with_report).
+HUGE_BUT_ACCEPTED = {(lr, value) for lr in ("--lr", "--finetune-lr") for value in BAD_NUMBERS[:2]}
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS)
+@pytest.mark.parametrize("option", NUMERIC_OPTIONS)
+def test_numeric_options_refuse_huge_nan_inf_and_negative_in_one_line(run_cli, in_tmp, option, value):
+    code, out, err = run_cli("transfer", "--preset", "smoke", option, value, "--print-config")
+    if (option, value) in HUGE_BUT_ACCEPTED:
+        assert code == 0 and json.loads(out)
+        return
+    assert code in (1, 2), out
+    assert one_error_line(err) and "Unexpected error" not in err
+    assert not (in_tmp / "runs").exists()
+
+
+@pytest.mark.parametrize("option", NUMERIC_OPTIONS)
+def test_numeric_options_take_tiny_values_or_refuse_them_in_one_line(run_cli, in_tmp, option):
+    code, out, err = run_cli("transfer", "--preset", "smoke", option, "1e-300", "--print-config")
+    if code == 0:
+        json.loads(out)
+    else:
+        assert code in (1, 2) and one_error_line(err) and "Unexpected error" not in err

@@ -33,6 +33,7 @@ from effscale.errors import DatasetError
 SYNTHETIC_TRAIN = 1000
 SYNTHETIC_VAL = 200
 SYNTHETIC_SIZE = 32  # CIFAR's size, the smallest the models accept
+SYNTHETIC_CLASSES = 10  # as CIFAR-10: chance is 10%, so learning is easy to see
 
 
 def load_dataset(
@@ -49,6 +50,7 @@ def load_dataset(
     ``image_size`` only matters for image folders (the common stored size, see module
     docstring); CIFAR stays 32x32 and synthetic is generated at ``image_size or 32``.
     ``limit_train`` / ``limit_val`` keep a seeded random subset (order preserved).
+    Raises ``DatasetError`` for image folders that cannot train (``records.check_classes``).
     """
     key = str(name).strip()
     if key.lower() in CIFAR:
@@ -59,7 +61,9 @@ def load_dataset(
             image_size=image_size or SYNTHETIC_SIZE, seed=seed
         )
     else:
-        dataset = load_image_folder(key, cache_dir=cache_dir, image_size=image_size, seed=seed)
+        # A user's folders, checked whole (before any --limit): a refusal names the folder
+        # to fix, never an unlucky subset. CIFAR and synthetic are complete by construction.
+        dataset = check_classes(load_image_folder(key, cache_dir=cache_dir, image_size=image_size, seed=seed))
     return subset(dataset, limit_train, limit_val, seed)
 
 
@@ -82,8 +86,8 @@ def subset(dataset: ImageDataset, limit_train: int | None, limit_val: int | None
     return ImageDataset(dataset.name, x_train, y_train, x_val, y_val, dataset.class_names, dataset.source)
 
 
-def synthetic_dataset(num_train: int = 1000, num_val: int = 200, num_classes: int = 10,
-                      image_size: int = 32, seed: int = 0) -> ImageDataset:
+def synthetic_dataset(num_train: int = SYNTHETIC_TRAIN, num_val: int = SYNTHETIC_VAL,
+                      num_classes: int = SYNTHETIC_CLASSES, image_size: int = SYNTHETIC_SIZE, seed: int = 0) -> ImageDataset:
     """Learnable random images: each class has its own colour and coarse pattern, plus noise."""
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(40, 215, size=(num_classes, 4, 4, 3))

@@ -25,6 +25,9 @@ from effscale.data.records import HOLDOUT_FRACTION, VAL_SPLITS, ImageDataset, de
 from effscale.errors import DatasetError
 
 CACHE_VERSION = 1
+# The one split of a folder that holds <class>/ folders directly (torchvision's ImageFolder):
+# evaluation accepts it, training needs train/ and val/.
+CLASS_FOLDERS = "images"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -43,13 +46,24 @@ def _split_class(relpath: str) -> tuple[str, str] | None:
     return split, cls
 
 
+def _has_splits(root: Path) -> bool:
+    return any(p.is_dir() and p.name.lower() in ("train", *VAL_SPLITS) for p in root.iterdir())
+
+
 def _scan_folder(root: Path) -> list[tuple[str, str, Path]]:
+    """(split, class, file) of every image: ``<split>/<class>/*``, or, in a folder without
+    split folders (torchvision's ImageFolder layout), ``<class>/*`` as the split ``CLASS_FOLDERS``."""
+    if _has_splits(root):
+        splits = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in ("train", *VAL_SPLITS))
+        tops = [(split_dir.name.lower(), split_dir) for split_dir in splits]
+    else:
+        tops = [(CLASS_FOLDERS, root)]
     entries = []
-    for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in ("train", *VAL_SPLITS)):
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+    for split, split_dir in tops:
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for file in sorted(class_dir.iterdir()):
                 if file.is_file() and _is_image(file.name):
-                    entries.append((split_dir.name.lower(), class_dir.name, file))
+                    entries.append((split, class_dir.name, file))
     return entries
 
 
@@ -122,11 +136,14 @@ def _source_fingerprint(path: Path) -> list:
 
 
 def read_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                      image_size: int | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
+                      image_size: int | None = None,
+                      class_folders: bool = False) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
     """Decode (or reuse the cached decode of) every split of an image folder or .tar.gz.
 
     Returns ``({split: (x uint8 NHWC, y int64)}, class_names)``; splits are any of train,
     val, test, validation. Class names are the sorted class folder names of all splits.
+    ``class_folders=True`` also accepts a folder of ``<class>/`` folders without split
+    folders, returned as the one split ``CLASS_FOLDERS``.
     """
     root = Path(path).expanduser()
     if not root.exists():
@@ -138,7 +155,7 @@ def read_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
         raise DatasetError(f"dataset {path} is a file but not a tar archive; pass a folder or a .tar.gz")
     if image_size is not None and image_size < 1:
         raise DatasetError(f"image size must be positive, got {image_size}")
-    if root.is_dir() and not any(p.is_dir() and p.name.lower() in ("train", *VAL_SPLITS) for p in root.iterdir()):
+    if root.is_dir() and not _has_splits(root) and not class_folders:
         raise DatasetError(
             f"{root} has no train/ or val/ folder; expected train/<class>/*.jpg (and val/<class>/ or test/<class>/)"
         )

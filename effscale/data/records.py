@@ -55,19 +55,19 @@ def check_classes(dataset: ImageDataset) -> ImageDataset:
     The message names the class folder, so the user knows what to add or remove."""
     present = np.unique(dataset.y_train)
     names = dataset.class_names
+    source = dataset.source or dataset.name
     if len(present) < 2:
-        only = names[int(present[0])] if len(present) else None
-        what = f"only the class {only!r}" if only is not None else "no images"
+        what = f"only one class folder, train/{names[int(present[0])]}/" if len(present) else "no images"
         raise DatasetError(
-            f"{dataset.source or dataset.name}: the training split has {what}; training needs at least two "
-            "class folders with images (add train/<class>/ folders)"
+            f"{source}: the training split has {what}; a classifier needs at least two classes, so add "
+            "another train/<class>/ folder with images"
         )
     unseen = sorted(set(np.unique(dataset.y_val).tolist()) - set(present.tolist()))
     if unseen:
         name = names[unseen[0]]
         more = f" (and {len(unseen) - 1} more)" if len(unseen) > 1 else ""
         raise DatasetError(
-            f"{dataset.source or dataset.name}: the validation class {name!r}{more} has no training images; "
-            f"add train/{name}/ images or remove that validation folder"
+            f"{source}: the validation class folder {name}/{more} has no training images (train/{name}/ is "
+            f"missing or empty), so it could never be predicted; add train/{name}/ images or remove it"
         )
     return dataset

@@ -26,6 +26,28 @@ POOLINGS = ("avg", "max")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 INPUT_CHECKS = ("error", "warn")
 MIN_IMAGE_SIZE = 32  # five stride-2 stages: 32 px leaves a 1x1 feature map
+# Upper bounds: beyond these a value is a typo (an extra zero, 1e9), and training with it
+# would fail much later (out of memory, an overflow deep in Keras) or run for ever.
+MAX_IMAGE_SIZE = 2048  # the same limit `effscale scale` puts on a derived resolution
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_SEED = 2**32 - 1  # numpy's and TensorFlow's seeds are 32-bit
+# AdamW is Adam plus decoupled weight decay: with weight_decay 0 it would be plain Adam, so
+# it uses Keras's own AdamW default instead (the other optimizers take 0 as "no decay").
+ADAMW_WEIGHT_DECAY = 0.004
+UPPER_BOUNDS = {
+    "image_size": MAX_IMAGE_SIZE, "epochs": MAX_EPOCHS, "warmup_epochs": MAX_EPOCHS, "batch_size": MAX_BATCH_SIZE,
+    "blocks": 1000, "last_layers": 100_000, "limit_train": 10**12, "limit_val": 10**12, "seed": MAX_SEED,
+    # No bound on the learning rates: too large a rate is a NaN loss in the first steps, and
+    # the NaN guard stops the run with its report and a one-line error saying so.
+    "lr_decay": 1.0,  # inverse-time decay per step: above 1 the rate is gone after the first steps
+    "weight_decay": 1.0,  # decoupled decay multiplies the weights by (1 - lr * wd) each step
+    "epsilon": 1.0, "decay_epochs": MAX_EPOCHS,
+}
+INT_FIELDS = ("image_size", "epochs", "warmup_epochs", "batch_size", "blocks", "last_layers", "limit_train",
+              "limit_val", "seed")
+FLOAT_FIELDS = ("dropout", "learning_rate", "finetune_learning_rate", "lr_decay", "decay_rate", "decay_epochs",
+                "momentum", "rho", "epsilon", "weight_decay", "label_smoothing")
 
 CONFIG_SCHEMA = "effscale/transfer-config@1"
 
@@ -114,6 +136,13 @@ class TransferConfig:
         and small fine-tuning batches would wreck them), no from scratch (nothing to keep)."""
         return self.pretrained if self.freeze_bn is None else self.freeze_bn
 
+    @property
+    def optimizer_weight_decay(self) -> float:
+        """The decoupled weight decay the optimizer gets (``ADAMW_WEIGHT_DECAY`` for adamw at 0)."""
+        if self.optimizer == "adamw" and self.weight_decay == 0:
+            return ADAMW_WEIGHT_DECAY
+        return self.weight_decay
+
     def phases(self) -> list[tuple[str, int, int]]:
         """``[(phase, first_epoch, end_epoch)]``; epochs are 0-based and global."""
         if self.strategy == "full" and self.pretrained and 0 < self.warmup_epochs < self.epochs:
@@ -146,8 +175,16 @@ class TransferConfig:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        # Types first (a JSON config can hold anything), then the documented ranges, then
+        # the sanity bounds: every bad number is one line naming the flag and its range.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in INT_FIELDS and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{f.name.replace('_', '-')} must be a whole number, got {value!r}")
+            if f.name in FLOAT_FIELDS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{f.name.replace('_', '-')} must be a number, got {value!r}")
         for name in ("epochs", "batch_size", "blocks", "last_layers"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
             raise ConfigError(
@@ -166,14 +203,21 @@ class TransferConfig:
             if not low <= value < high:
                 raise ConfigError(f"{name.replace('_', ' ')} must be in [{low}, {high}), got {value}")
         for name in ("lr_decay", "weight_decay", "epsilon"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
-        if self.decay_epochs <= 0:
+        if not self.decay_epochs > 0:
             raise ConfigError(f"decay epochs must be positive, got {self.decay_epochs}")
         for name in ("limit_train", "limit_val"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {value}")
+        for name, high in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value <= high):
+                raise ConfigError(f"{name.replace('_', '-')} must be at most {high:g}, got {value}; it looks like "
+                                  "a typo (see docs/transfer.md, 'Limits')")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         from effscale.data.datasets import check_augment
 
         check_augment(self.augment)  # linear-probe ignores augmentation (features are computed once)

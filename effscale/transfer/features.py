@@ -20,6 +20,11 @@ from effscale.transfer.config import TransferConfig  # noqa: E402
 
 log = logging.getLogger("effscale.transfer.train")
 
+# The feature pass is inference only (no gradients, no optimizer state), so it can use
+# larger batches than training: fewer, fuller steps; 128 images at 224 px stay well under
+# a gigabyte of activations for B0.
+MIN_FEATURE_BATCH = 128
+
 
 def feature_cache_key(config: TransferConfig, spec, image_size: int, weights_info: dict, x: np.ndarray) -> str:
     """What the backbone's features depend on: architecture, size, pooling, weights, images."""
@@ -52,7 +57,7 @@ def features(feature_model, x, config, num_classes, cache: Path, key: str) -> tu
             return np.load(path), True
         except (OSError, ValueError):
             path.unlink(missing_ok=True)
-    batches = make_batches(x, np.zeros(len(x), np.int64), batch_size=max(config.batch_size, 128),
+    batches = make_batches(x, np.zeros(len(x), np.int64), batch_size=max(config.batch_size, MIN_FEATURE_BATCH),
                            num_classes=num_classes, training=False)
     feats = feature_model.predict(batches, verbose=0).astype(np.float32)
     try:

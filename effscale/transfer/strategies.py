@@ -65,11 +65,11 @@ def make_optimizer(config: TransferConfig, phase: str, steps_per_epoch: int, pha
         schedule = keras.optimizers.schedules.InverseTimeDecay(lr, decay_steps=1, decay_rate=config.lr_decay)
     else:
         schedule = lr
-    wd = config.weight_decay or None
+    wd = config.optimizer_weight_decay or None  # Keras: None means no decay at all
     if config.optimizer == "adam":
         return keras.optimizers.Adam(schedule, epsilon=config.epsilon, weight_decay=wd)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(schedule, epsilon=config.epsilon, weight_decay=config.weight_decay or 0.004)
+        return keras.optimizers.AdamW(schedule, epsilon=config.epsilon, weight_decay=wd)
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True, weight_decay=wd)
     return keras.optimizers.RMSprop(schedule, rho=config.rho, momentum=config.momentum, epsilon=config.epsilon,

@@ -31,7 +31,9 @@ import numpy as np  # noqa: E402
 from effscale import console  # noqa: E402
 from effscale.errors import EffscaleError  # noqa: E402
 from effscale.runs import RunDir  # noqa: E402
-from effscale.transfer.callbacks import EpochCallback, progress_bar  # noqa: E402
+from effscale.transfer.callbacks import (  # noqa: E402
+    BatchNormRecalibration, EpochCallback, progress_bar, trains_batchnorm,
+)
 from effscale.transfer.checkpoints import Checkpointer  # noqa: E402
 from effscale.transfer.config import TransferConfig  # noqa: E402
 from effscale.transfer.model import (  # noqa: E402
@@ -182,9 +184,12 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
             if probe is not None:
                 probe.fit(model, optimizer, data, start, end, callback)
             else:
+                callbacks = [callback]  # first: its validation timer starts before the recalibration
+                if trains_batchnorm(backbone):
+                    callbacks.append(BatchNormRecalibration(data.x_train, config.batch_size, config.seed))
                 compile_model(model, config, optimizer, num_classes)
                 model.fit(train_batches, validation_data=val_batches, initial_epoch=start, epochs=end,
-                          verbose=0, callbacks=[callback], shuffle=False)  # the pipeline shuffles
+                          verbose=0, callbacks=callbacks, shuffle=False)  # the pipeline shuffles
             if callback.nan_at is not None:
                 ckpt.status = "nan"
                 ckpt.extra["nan_at"] = {"epoch": callback.nan_at[0] + 1, "batch": callback.nan_at[1]}

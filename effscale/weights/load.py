@@ -62,7 +62,7 @@ def _bn(module, layer, channels):
     return Target(module, layer, "bn", {s: (channels,) for s in BN_SUFFIXES})
 
 
-def expected_targets(spec: NetworkSpec, num_classes: int | None = 1000) -> list[Target]:
+def expected_targets(spec: NetworkSpec, num_classes: int | None) -> list[Target]:
     """Every lukemelas module ``spec`` has, in order, with its torch shapes; no head if num_classes is None."""
     targets = [_conv("_conv_stem", "stem_conv", spec.stem_filters, 3, 3), _bn("_bn0", "stem_bn", spec.stem_filters)]
     n = 0
