@@ -21,88 +21,20 @@ Keras is imported lazily; label maps and metrics are plain numpy.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import tarfile
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from effscale.console import one_line
+from effscale.data.label_map import LabelMap, read_label_map  # noqa: F401 - part of this module's API
 from effscale.errors import ConfigError, DatasetError, EffscaleError
 
 RESIZE_METHODS = ("plain", "crop")
 CROP_PADDING = 32  # TF EfficientNet eval: centre crop R / (R + 32) of the shorter side
-
-
-# --------------------------------------------------------------------------------------
-# label maps
-
-
-@dataclass(frozen=True)
-class LabelMap:
-    """Folder name -> model class index (and an optional readable name)."""
-
-    index: dict[str, int]
-    names: dict[str, str] = field(default_factory=dict)
-    source: str = ""
-
-
-def _read_label_text(path: str, dataset: str | None) -> tuple[str, str]:
-    file = Path(path).expanduser()
-    if file.is_file():
-        try:
-            return file.read_text(encoding="utf-8-sig"), str(file)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read label map {file} ({exc})") from None
-    # Not on disk: look for it inside the dataset archive (Imagenette ships val/imagenet_index.csv).
-    if dataset is not None and Path(dataset).is_file() and tarfile.is_tarfile(dataset):
-        wanted = str(path).strip("/")
-        try:
-            with tarfile.open(dataset, "r:*") as tar:
-                for member in tar:
-                    name = member.name.removeprefix("./")
-                    if member.isfile() and (name == wanted or name.endswith("/" + wanted)):
-                        return tar.extractfile(member).read().decode("utf-8-sig"), f"{dataset}:{member.name}"
-        except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read label map {path} from {dataset} ({exc})") from None
-        raise ConfigError(f"label map {path} not found on disk or inside {dataset}")
-    raise ConfigError(f"label map {path} not found")
-
-
-def read_label_map(path: str | os.PathLike, dataset: str | None = None) -> LabelMap:
-    """Parse a CSV of ``folder,index[,name]`` rows; a header row is skipped.
-
-    ``path`` may also name a member of a ``.tar.gz`` dataset (``val/imagenet_index.csv``).
-    """
-    text, source = _read_label_text(str(path), dataset)
-    index: dict[str, int] = {}
-    names: dict[str, str] = {}
-    for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-            continue
-        if len(row) < 2:
-            raise ConfigError(f"{source} line {line_no}: expected 'folder,class_index[,name]', got {','.join(row)!r}")
-        folder, value = row[0].strip(), row[1].strip()
-        try:
-            number = int(value)
-        except ValueError:
-            if not index and line_no == 1:
-                continue  # header
-            raise ConfigError(f"{source} line {line_no}: class index {value!r} is not an integer") from None
-        if number < 0:
-            raise ConfigError(f"{source} line {line_no}: class index {number} is negative")
-        if folder in index and index[folder] != number:
-            raise ConfigError(f"{source} line {line_no}: {folder!r} is mapped twice ({index[folder]} and {number})")
-        index[folder] = number
-        if len(row) > 2 and row[2].strip():
-            names[folder] = row[2].strip()
-    if not index:
-        raise ConfigError(f"{source} maps no folders; expected rows 'folder,class_index[,name]'")
-    return LabelMap(index, names, source)
 
 
 # --------------------------------------------------------------------------------------
@@ -329,9 +261,9 @@ def predict(model, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, dict]:
     return np.concatenate(rest), timing
 
 
-def evaluate(loaded: LoadedModel, images: EvalImages, label_map: LabelMap | None = None,
-             batch_size: int = 32, resize: str = "plain") -> dict:
-    """Everything ``effscale evaluate`` reports: summary, per-class rows, predictions."""
+def score_model(loaded: LoadedModel, images: EvalImages, label_map: LabelMap | None = None,
+                batch_size: int = 32, resize: str = "plain") -> dict:
+    """Score a loaded model on loaded images: summary, per-class rows, predictions."""
     num_outputs = int(loaded.model.output_shape[-1])
     targets = target_indices(images, num_outputs, label_map, loaded.class_names)
     size = loaded.input_size
@@ -387,3 +319,78 @@ def evaluate(loaded: LoadedModel, images: EvalImages, label_map: LabelMap | None
         for i in range(len(labels))
     ]
     return {"summary": summary, "per_class": per_class, "predictions": predictions}
+
+
+# --------------------------------------------------------------------------------------
+# the whole command as one call
+
+DEFAULT_BATCH_SIZE = 32  # images per predict step: what the throughput figures in docs/evaluate.md use
+
+
+def evaluate(dataset: str, *, variant: str | None = None, weights: str | None = None, model=None,
+             split: str | None = None, label_map: str | None = None, resize: str = "plain",
+             image_size: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None,
+             data_dir=None, cache_dir=None, output_dir=None) -> dict:
+    """Everything ``effscale evaluate`` does: score ``variant`` + ``weights``, or a saved
+    ``model`` (a ``.keras`` file or a transfer run directory), on ``dataset``.
+
+    Cheap checks come first, so bad input fails before Keras builds anything: the label
+    map, the weights (read and checked against the variant), then the images and their
+    labels. Returns ``{"summary", "per_class", "predictions"}``; with ``output_dir`` also
+    writes evaluation.json, per_class.csv and predictions.csv there (atomically).
+    """
+    from effscale import console
+
+    if (variant is None) == (model is None):
+        raise ConfigError("pass either a variant with weights, or a saved model")
+    if variant is not None and weights is None:
+        raise ConfigError("a variant needs weights (lite0, lite1, lite2 or a .pth file)")
+    labels = read_label_map(label_map, dataset) if label_map else None
+    checked = check_variant_weights(variant, weights, image_size) if variant is not None else None
+    if model is not None:
+        locate_model(model)
+    console.info(f"loading {dataset} ...")
+    images = load_images(dataset, split, data_dir=data_dir, cache_dir=cache_dir, limit=limit)
+    if checked is not None:
+        from effscale.weights.load import checkpoint_classes
+
+        target_indices(images, checkpoint_classes(checked[2]), labels, None)  # the checkpoint's head
+        loaded = model_from_variant(variant, weights, image_size, checked)
+    else:
+        loaded = model_from_file(model)
+    console.info(f"scoring {loaded.description} on {len(images.y):,} {images.split} images of {images.name} ...")
+    result = score_model(loaded, images, labels, batch_size=batch_size, resize=resize)
+    if output_dir is not None:
+        write_outputs(Path(output_dir), result)
+        console.info(f"wrote {Path(output_dir) / 'evaluation.json'}, per_class.csv, predictions.csv")
+    return result
+
+
+def write_outputs(folder: Path, result: dict) -> None:
+    import csv
+    import io
+
+    from effscale.fsutil import atomic_write_json, atomic_write_text
+
+    atomic_write_json(folder / "evaluation.json", {"summary": result["summary"], "per_class": result["per_class"]})
+    from effscale.console import to_frame
+
+    atomic_write_text(folder / "per_class.csv", to_frame(result["per_class"]).to_csv(index=False))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "class", "label", "correct", "top5"])
+    for row in result["predictions"]:
+        writer.writerow([row["image"], row["class"], row["label"], int(row["correct"]),
+                         " ".join(str(t) for t in row["top5"])])
+    atomic_write_text(folder / "predictions.csv", buffer.getvalue())
+
+
+class _CallableModule(sys.modules[__name__].__class__):
+    """``effscale.evaluate(...)`` is the library call and also this module's name: importing
+    the module binds it on the package, so the module itself forwards calls to ``evaluate``."""
+
+    def __call__(self, *args, **kwargs):
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

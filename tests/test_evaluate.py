@@ -216,3 +216,33 @@ def test_saved_keras_model_is_scored_with_its_class_names(run_cli, tmp_path):
     result = json.loads(out)
     assert result["summary"]["top1"] == 1.0
     assert {r["class"]: r["model_index"] for r in result["per_class"]} == {"bright": 1, "dark": 0}
+
+
+@pytest.mark.parametrize("value", ["1e30", "99999999999999999999999", "nan", "inf", "-1", "0"])
+@pytest.mark.parametrize("option", ["--image-size", "--batch-size", "--limit"])
+def test_cli_numeric_options_fail_in_one_line(run_cli, tmp_path, option, value):
+    exit_code, _out, err = run_cli("evaluate", "--variant", "lite0", "--weights", "lite0",
+                                   "--dataset", str(tmp_path / "missing"), option, value)
+    assert exit_code in (1, 2)
+    lines = err.rstrip("\n").split("\n")  # progress lines may precede the error
+    assert lines[-1].startswith("Error: ") and sum(line.startswith("Error") for line in lines) == 1
+    assert "Unexpected" not in err and "Traceback" not in err
+
+
+def test_imagefolder_layout_is_accepted(tmp_path):
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (1, 2, 3)).save(tmp_path / "photos" / cls / "0.png")
+    images = E.load_images(str(tmp_path / "photos"), cache_dir=tmp_path / "cache")
+    assert (images.split, images.class_names, images.y.tolist()) == ("images", ("cat", "dog"), [0, 1])
+
+
+def test_library_call_refuses_bad_combinations_in_one_line():
+    import effscale.evaluate
+
+    with pytest.raises(ConfigError, match="pass either a variant with weights, or a saved model"):
+        effscale.evaluate(dataset="x")  # the module is the library call
+    with pytest.raises(ConfigError, match="a variant needs weights"):
+        effscale.evaluate.evaluate("x", variant="lite0")

@@ -75,32 +75,13 @@ def evaluate(variant, weights, model_path, dataset, split, label_map, resize, im
         raise click.UsageError("pass either --variant NAME --weights W, or --model FILE|RUN_DIR")
     if model_path is not None and (weights is not None or image_size is not None):
         raise click.UsageError("--weights and --image-size go with --variant; a --model carries its own")
-    from effscale import evaluate as E
+    if variant is not None and weights is None:
+        raise click.UsageError("--variant needs --weights (lite0, lite1, lite2 or a .pth file)")
+    from effscale.evaluate import evaluate as run_evaluation
 
-    # Cheap checks first, so bad input fails before Keras builds anything: label map,
-    # weights (read and checked against the variant), then the images and their labels.
-    labels = E.read_label_map(label_map, dataset) if label_map else None
-    checked = None
-    if variant is not None:
-        if weights is None:
-            raise click.UsageError("--variant needs --weights (lite0, lite1, lite2 or a .pth file)")
-        checked = E.check_variant_weights(variant, weights, image_size)
-    else:
-        E.locate_model(model_path)
-    console.info(f"loading {dataset} ...")
-    images = E.load_images(dataset, split, data_dir=data_dir, cache_dir=cache_dir, limit=limit)
-    if variant is not None:
-        from effscale.weights.load import checkpoint_classes
-
-        E.target_indices(images, checkpoint_classes(checked[2]), labels, None)  # the checkpoint's head
-        loaded = E.model_from_variant(variant, weights, image_size, checked)
-    else:
-        loaded = E.model_from_file(model_path)
-    console.info(f"scoring {loaded.description} on {len(images.y):,} {images.split} images of {images.name} ...")
-    result = E.evaluate(loaded, images, labels, batch_size=batch_size, resize=resize)
-
-    if output_dir is not None:
-        _write_outputs(output_dir, result)
+    result = run_evaluation(dataset, variant=variant, weights=weights, model=model_path, split=split,
+                            label_map=label_map, resize=resize, image_size=image_size, batch_size=batch_size,
+                            limit=limit, data_dir=data_dir, cache_dir=cache_dir, output_dir=output_dir)
     summary, per_class = result["summary"], result["per_class"]
     if fmt == "table":
         console.emit([summary], SUMMARY_COLUMNS, "table", title="Evaluation",
@@ -115,22 +96,3 @@ def evaluate(variant, weights, model_path, dataset, split, label_map, resize, im
                  "top1": summary["top1"], "top5": summary["top5"], "most_confused_with": ""}
         rows = [{k: ("" if v is None else v) for k, v in row.items()} for row in [*per_class, total]]
         console.emit(rows, PER_CLASS_COLUMNS, fmt)  # blanks keep integer columns integer
-
-
-def _write_outputs(folder: Path, result: dict) -> None:
-    import csv
-    import io
-
-    from effscale.fsutil import atomic_write_json, atomic_write_text
-
-    atomic_write_json(folder / "evaluation.json", {"summary": result["summary"], "per_class": result["per_class"]})
-    console_frame = console.to_frame(result["per_class"])
-    atomic_write_text(folder / "per_class.csv", console_frame.to_csv(index=False))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["image", "class", "label", "correct", "top5"])
-    for row in result["predictions"]:
-        writer.writerow([row["image"], row["class"], row["label"], int(row["correct"]),
-                         " ".join(str(t) for t in row["top5"])])
-    atomic_write_text(folder / "predictions.csv", buffer.getvalue())
-    console.info(f"wrote {folder / 'evaluation.json'}, per_class.csv, predictions.csv")
