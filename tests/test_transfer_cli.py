@@ -110,9 +110,9 @@ def _stored_run(root, **settings):
 
 # (flags added to --resume, the setting the one-line refusal names)
 RESUME_CHANGES = [
-    (["--preset", "smoke"], "preset=None"),
-    (["--epochs", "5"], "epochs=3"),
-    (["--recipe", "seed"], "recipe='default'"),
+    (["--preset", "smoke"], "preset=null; this command asks for preset=smoke"),
+    (["--epochs", "5"], "epochs=3; this command asks for epochs=5"),
+    (["--recipe", "seed"], "recipe=default; this command asks for recipe=seed"),
 ]
 
 
