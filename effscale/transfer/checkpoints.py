@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from effscale.errors import EffscaleError
@@ -32,6 +33,18 @@ HISTORY_COLUMNS = ("epoch", "phase", "lr", "loss", "accuracy", "top5", "val_loss
                    "val_top5", "train_time_s", "epoch_time_s", "images_per_s")
 
 
+class RunStatus(str, Enum):
+    """Where a transfer run stands, as ``state.json`` and ``metrics.json`` record it (a str,
+    so the JSON files hold the plain words)."""
+
+    RUNNING = "running"
+    COMPLETE = "complete"
+    NAN = "nan"  # stopped on a NaN loss; the report is still written
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Checkpointer:
     run: RunDir
@@ -39,7 +52,7 @@ class Checkpointer:
     best_epoch: int | None = None
     best_val_accuracy: float = -1.0
     wall_before: float = 0.0
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     started: float = field(default_factory=time.monotonic)
     extra: dict = field(default_factory=dict)
 
@@ -72,14 +85,14 @@ class Checkpointer:
             leftover.unlink(missing_ok=True)  # an epoch in flight when the process died
         me = cls(run, history=list(state["history"]), best_epoch=state.get("best_epoch"),
                  best_val_accuracy=state.get("best_val_accuracy", -1.0), wall_before=state.get("wall_time_s", 0.0),
-                 status=state.get("status", "running"), extra=state.get("extra", {}))
+                 status=RunStatus(state.get("status", RunStatus.RUNNING)), extra=state.get("extra", {}))
         me.write_history()
         return me
 
     def state(self) -> dict:
         return {"epoch": self.epochs_done, "phase": self.history[-1]["phase"] if self.history else None,
                 "history": self.history, "best_epoch": self.best_epoch, "best_val_accuracy": self.best_val_accuracy,
-                "wall_time_s": round(self.wall_time(), 3), "status": self.status, "extra": self.extra}
+                "wall_time_s": round(self.wall_time(), 3), "status": self.status.value, "extra": self.extra}
 
     def commit(self, model, row: dict) -> None:
         self.ckpt.mkdir(parents=True, exist_ok=True)
@@ -97,7 +110,7 @@ class Checkpointer:
         os.replace(pending, self.run.last_checkpoint)
         self.write_history()
 
-    def write_status(self, status: str) -> None:
+    def write_status(self, status: RunStatus) -> None:
         self.status = status
         atomic_write_json(self.run.state_path, self.state())
 

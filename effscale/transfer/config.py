@@ -228,7 +228,7 @@ class TransferConfig:
 RECIPES: dict[str, dict] = {
     # The working recipe: field defaults above (docs/transfer.md says why).
     "default": {},
-    # The student group's exact settings (issue #3): B0 + ImageNet weights, GlobalMaxPooling,
+    # The student group's exact settings: B0 + ImageNet weights, GlobalMaxPooling,
     # Dropout, Dense(100, softmax), only the last 4 layers trainable, RMSProp lr 0.0064 with
     # Keras-2 style decay 1e-6 per step, batch 128, 20 epochs, images upsampled 32 -> 224,
     # augmentation normalize (/255, training batches only) + flip + rotation + zoom,

@@ -34,7 +34,7 @@ from effscale.runs import RunDir  # noqa: E402
 from effscale.transfer.callbacks import (  # noqa: E402
     BatchNormRecalibration, EpochCallback, progress_bar, trains_batchnorm,
 )
-from effscale.transfer.checkpoints import Checkpointer  # noqa: E402
+from effscale.transfer.checkpoints import Checkpointer, RunStatus  # noqa: E402
 from effscale.transfer.config import TransferConfig  # noqa: E402
 from effscale.transfer.model import (  # noqa: E402
     BACKBONE, HEAD_LAYERS, build_transfer_model, load_backbone_weights,
@@ -191,7 +191,7 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
                 model.fit(train_batches, validation_data=val_batches, initial_epoch=start, epochs=end,
                           verbose=0, callbacks=callbacks, shuffle=False)  # the pipeline shuffles
             if callback.nan_at is not None:
-                ckpt.status = "nan"
+                ckpt.status = RunStatus.NAN
                 ckpt.extra["nan_at"] = {"epoch": callback.nan_at[0] + 1, "batch": callback.nan_at[1]}
                 break
     finally:
@@ -199,8 +199,8 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
             bar.stop()
 
     # 6. Score the best checkpoint and write metrics.json.
-    if ckpt.status != "nan":
-        ckpt.status = "complete"
+    if ckpt.status != RunStatus.NAN:
+        ckpt.status = RunStatus.COMPLETE
     ckpt.write_status(ckpt.status)
     metrics = _summary(config, ckpt, model, data, name, image_size)
     best = run.best_checkpoint
@@ -214,7 +214,7 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
         metrics.update(evaluate_predictions(probs, data.y_val, num_classes))
     else:
         metrics.update({"top1": None, "top5": None, "loss": None, "confusion": None})
-    if ckpt.status == "nan":
+    if ckpt.status == RunStatus.NAN:
         metrics["nan_at"] = ckpt.extra.get("nan_at")
     from effscale.fsutil import atomic_write_json
 
@@ -232,7 +232,7 @@ def _restore_or_start(config, run, data, name, spec, image_size):
         ckpt = Checkpointer(run)
         ckpt.extra = {"dataset": data.summary(), "variant": name, "image_size": image_size}
     ckpt.started = time.monotonic()
-    ckpt.status = "running"
+    ckpt.status = RunStatus.RUNNING
     if resumed:
         console.info(f"resuming {run.path} after epoch {ckpt.epochs_done}/{config.epochs}")
         model = keras.models.load_model(str(run.last_checkpoint), compile=True)
@@ -305,7 +305,7 @@ class _Probe:
 
 
 def _summary(config, ckpt, model, data, name, image_size) -> dict:
-    metrics = {"status": ckpt.status, "epochs_planned": config.epochs, "epochs_done": ckpt.epochs_done,
+    metrics = {"status": ckpt.status.value, "epochs_planned": config.epochs, "epochs_done": ckpt.epochs_done,
                "best_epoch": ckpt.best_epoch, "variant": name, "image_size": image_size,
                "dataset": data.summary(), "class_names": list(data.class_names),
                "weights": ckpt.extra.get("weights", {}), "params": ckpt.extra["params"],
