@@ -39,7 +39,7 @@ def _augment(ctx, param, value):
 @click.option("--last-layers", type=click.IntRange(min=1), help="last-layers: how many layers from the output to train.")
 @click.option("--recipe", type=click.Choice(["default", "seed", "paper"]), default="default", show_default=True,
               help="default: the working recipe; seed: the student group's failing settings; paper: the paper's RMSProp.")
-@click.option("--preset", type=click.Choice(["smoke"]), help="smoke: tiny synthetic run in seconds.")
+@click.option("--preset", type=click.Choice(["smoke"]), help="smoke: a tiny synthetic run, under a minute.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Start from a transfer config JSON (or a run's manifest.json).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs, warm-up included.")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), help="full: head-only epochs before unfreezing.")
@@ -79,7 +79,7 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
       effscale transfer --variant b0 --dataset cifar100                  the default recipe
       effscale transfer --recipe seed                                     reproduce the group's failure
       effscale transfer --dataset data/cifar10-jpeg.tar.gz --weights none --image-size 32
-      effscale transfer --preset smoke                                    seconds, synthetic data
+      effscale transfer --preset smoke                                    under a minute, synthetic
       effscale transfer --resume runs/20261125-101500-transfer-b0-cifar100
     """
     from effscale.cli import state
