@@ -12,7 +12,7 @@ CORE = ["errors", "net.arch", "net.scaling", "net.cost", "schemas", "scale.repor
         "weights.resolve", "weights.pth", "data.records", "data.cifar", "data.folders",
         "data.datasets", "api", "grid", "grid.run", "grid.progress", "grid.stats", "grid.confirm",
         "bench.targets", "bench.stats", "bench.search", "bench.report", "export.artifacts",
-        "cli", "cli.scale", "cli.bench", "cli.export", "cli.report", "cli.grid", "cli.transfer", "cli.evaluate"]
+        "cli", "cli.options", "cli.scale", "cli.bench", "cli.export", "cli.report", "cli.grid", "cli.transfer", "cli.evaluate"]
 
 
 def _loaded_heavy(code: str) -> str:

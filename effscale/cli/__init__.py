@@ -14,7 +14,6 @@ Error policy (docs/errors.md):
 from __future__ import annotations
 
 import importlib
-import math
 import sys
 import traceback
 from dataclasses import dataclass
@@ -50,23 +49,6 @@ class SessionState:
 state = SessionState()
 
 
-class Number(click.FloatRange):
-    """A float option that refuses nan and inf, as well as values outside its range."""
-
-    name = "number"  # click's default says "not a valid float range"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        # nan passes FloatRange (every comparison with nan is False); inf passes an open top.
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
-
-
-def _fallback_log() -> Path:
-    return Path.home() / ".cache" / "effscale" / "last-error.log"
-
-
 class EffscaleGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -99,7 +81,7 @@ class EffscaleGroup(click.Group):
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if state.debug:
                 raise
-            log = state.log_path or _fallback_log()
+            log = state.log_path or Path.home() / ".cache" / "effscale" / "last-error.log"
             try:
                 log.parent.mkdir(parents=True, exist_ok=True)
                 with open(log, "a", encoding="utf-8") as handle:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from effscale import console
-from effscale.cli import Number
+from effscale.cli.options import Number
 
 POSITIVE_PHI = Number(min=0.0)
 COEFF = Number(min=1.0)
