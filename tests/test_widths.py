@@ -108,6 +108,19 @@ def test_evaluate_tables_fit(width, capsys):
     assert "English springer spaniel" in out and "Brittany spaniel (12)" in out
 
 
+def test_bench_table_fits(width, capsys):
+    from effscale.bench.report import COLUMNS, TRAIN_COLUMN
+
+    rows = [{"name": f"runs/20261125-101500-transfer-lite{i}-cifar10 (tflite int8)", "resolution": 224 + 16 * i,
+             "macs": 4.0e8 * (i + 1), "acts": 6.7e6 * (i + 1), "p50_ms": 12.5 * (i + 1), "p90_ms": 14.0 * (i + 1),
+             "images_per_s": 80.0 / (i + 1), "mem_mb": 512.0, "trace_s": 1.5, "train_step_ms": 240.0}
+            for i in range(3)]
+    console.emit(rows, [*COLUMNS, TRAIN_COLUMN], "table", title="effscale bench")
+    out = capsys.readouterr().out
+    assert_readable(out, width)
+    assert "tflite int8" in out
+
+
 def test_a_split_table_repeats_its_key_column(width, capsys):
     columns = [Column("name", "name", justify="left", repeat=True),
                *[Column(f"c{i}", f"column number {i}", fmt_pct) for i in range(12)]]
