@@ -4,15 +4,19 @@
 and appends every status change to the trial log *in this process* (the single writer
 holding the run dir's lock), whichever executor ran the trial:
 
-* ``LocalExecutor`` runs trials one after another here (the Keras trainer clears the
-  session between them);
+* ``LocalExecutor`` runs trials on this machine: one after another in this process
+  (``workers=1``), or in ``workers`` worker processes (``effscale.grid.workers``), which
+  use the cores a single trial leaves idle and are recycled so memory cannot grow;
 * ``RayExecutor`` runs each trial as a Ray task with its own ``num_cpus``/``num_gpus``
   request, at most as many at once as the cluster has room for. Ray is an optional extra
   (``pip install 'effscale[ray]'``) and is imported only when chosen.
 
 The loop accepts any ``run_trial(spec) -> dict`` callable: the CLI passes the Keras proxy
 trainer, tests pass ``trials.fake_trial``. It returns ``{"metrics": {...,
-"val_accuracy": float}, "images_seen": int, "timings": {...}}``.
+"val_accuracy": float}, "images_seen": int, "timings": {...}}``, optionally ``"timing"``
+(seconds per ``trials.TIMING_PHASES``), ``"predictions"`` (a class per validation image)
+and ``"val_labels"``. The loop writes the predictions (``checkpoints``) before it logs the
+trial COMPLETE, and deletes the saved training states once the search is finished.
 
 No Keras here.
 """
@@ -26,9 +30,10 @@ from dataclasses import dataclass, field
 
 from effscale.console import describe
 from effscale.errors import ConfigError, TrialFailed
+from effscale.grid import checkpoints
 from effscale.grid.search import SearchSpace, TrialSpec, candidate_cost, next_candidates
 from effscale.runs import utc_now
-from effscale.grid.trials import TrialRecord, TrialStatus, TrialStore
+from effscale.grid.trials import TrialRecord, TrialStatus, TrialStore, bind_trainer
 
 log = logging.getLogger("effscale.grid")
 
@@ -40,11 +45,25 @@ RAY_TRIALS_PER_WORKER = 8
 
 
 class LocalExecutor:
-    """Trials one after another in this process."""
+    """Trials one after another in this process, or (``workers`` >= 2) in worker processes."""
 
     name = "local"
 
+    def __init__(self, workers: int = 1, trials_per_worker: int | None = None):
+        self.workers = max(1, int(workers))
+        self._pool = None
+        if self.workers > 1:
+            from effscale.grid.workers import WorkerPool
+
+            self._pool = WorkerPool(self.workers, trials_per_worker)
+
     def run(self, specs: list[TrialSpec], run_trial: RunTrial, start: Start, finish: Finish) -> None:
+        if self._pool is not None:
+            self._pool.run(specs, run_trial, start, finish)
+            return
+        self._run_here(specs, run_trial, start, finish)
+
+    def _run_here(self, specs: list[TrialSpec], run_trial: RunTrial, start: Start, finish: Finish) -> None:
         for spec in specs:
             start(spec)
             began = time.perf_counter()
@@ -57,7 +76,8 @@ class LocalExecutor:
                 finish(spec, result, None, time.perf_counter() - began)
 
     def close(self) -> None:
-        pass
+        if self._pool is not None:
+            self._pool.close()
 
 
 def import_ray():
@@ -151,9 +171,9 @@ class RayExecutor:
 
 
 def make_executor(name: str, ray_address: str | None = None, cpus_per_trial: float = 1.0,
-                  gpus_per_trial: float = 0.0):
+                  gpus_per_trial: float = 0.0, workers: int = 1):
     if name == "local":
-        return LocalExecutor()
+        return LocalExecutor(workers)
     if name == "ray":
         return RayExecutor(ray_address, cpus_per_trial, gpus_per_trial)
     raise ConfigError(f"unknown executor {name!r}; use local or ray")
@@ -177,6 +197,23 @@ class SearchOutcome:
     failures: list = field(default_factory=list)
 
 
+def _save_outputs(run_path, spec: TrialSpec, result: dict) -> None:
+    """Predictions (and the run's validation labels, once) before the trial is logged COMPLETE."""
+    if result.get("val_labels") is not None:
+        checkpoints.save_val_labels(run_path, result["val_labels"])
+    if result.get("predictions") is not None:
+        checkpoints.save_predictions(run_path, spec.trial_id, result["predictions"])
+
+
+def _trial_metrics(spec: TrialSpec, result: dict, accuracy: float) -> dict:
+    """The trainer's metrics plus the fields every COMPLETE trial carries."""
+    metrics = dict(result["metrics"], val_accuracy=accuracy, val_acc=accuracy, seed=spec.seed)
+    metrics.setdefault("images_trained", int(result.get("images_seen", 0)))
+    if result.get("timing") is not None:
+        metrics["timing"] = {k: round(float(v), 4) for k, v in result["timing"].items()}
+    return metrics
+
+
 def best_so_far(trials: dict) -> dict | None:
     """The best COMPLETE trial at the highest rung reached (for the progress display)."""
     done = [r for r in trials.values() if r.get("status") == TrialStatus.COMPLETE]
@@ -198,6 +235,8 @@ def run_search(
     """Run every trial the schedule asks for; resumable at any point from ``store`` alone."""
     executor = executor or LocalExecutor()
     progress = progress or Progress()
+    run_path = store.run.path
+    run_trial = bind_trainer(run_trial, run_path)
     latest = store.latest()
     retry = {tid for tid, r in latest.items() if r.get("status") == TrialStatus.FAILED.value} if retry_failed else set()
     attempts = store.attempts()
@@ -231,11 +270,16 @@ def run_search(
             except (KeyError, TypeError, ValueError) as exc:
                 error = ValueError(f"the trainer returned no metrics.val_accuracy ({exc})")
             else:
-                record.status = TrialStatus.COMPLETE
-                record.metrics = dict(result["metrics"], val_accuracy=accuracy)
-                record.images_seen = int(result.get("images_seen", 0))
-                record.timings = dict(result.get("timings", {}))
-                record.history = list(result.get("history", []))
+                try:
+                    _save_outputs(run_path, spec, result)
+                except (OSError, ValueError) as exc:
+                    error = exc
+                else:
+                    record.status = TrialStatus.COMPLETE
+                    record.metrics = _trial_metrics(spec, result, accuracy)
+                    record.images_seen = int(result.get("images_seen", 0))
+                    record.timings = dict(result.get("timings", {}))
+                    record.history = list(result.get("history", []))
         if error is not None:
             record.status = TrialStatus.FAILED
             record.error = describe(error, 500)
@@ -266,6 +310,8 @@ def run_search(
             outcome.trials = store.latest()
             pending = next_candidates(space, outcome.trials, retry)
             if not pending:
+                if not any(r.get("status") == TrialStatus.RUNNING.value for r in outcome.trials.values()):
+                    checkpoints.prune_states(run_path)  # nothing left to continue from
                 break
             executor.run(pending, run_trial, start, finish)
     finally:

@@ -1,0 +1,208 @@
+"""Worker processes for the local executor: two trials in flight, memory that cannot grow.
+
+Why processes: TensorFlow keeps every graph it traced alive until the process exits, so
+one process running a whole search grows by every trial's graphs (10 GB on the default
+search). And a trial leaves a core idle while it traces its graph, which is single-threaded.
+So ``WorkerPool`` runs trials in ``workers`` spawned processes, each with
+``cpu_count // workers`` TensorFlow threads (so two workers do not fight over the cores),
+and replaces a worker by a fresh one once it has run ``trials_per_worker`` trials.
+
+Every trial of one candidate in a batch (its seeds) goes to the same worker, one after
+another, so the trainer's per-process model cache lets the repeats skip the graph trace.
+A worker is replaced only between candidates.
+
+The driver (the search loop) still appends every status change to the trial log itself,
+one trial at a time, so a kill -9 loses only the trials in flight. A worker that dies
+(killed, out of memory) fails its trial with a one-line error and is replaced.
+
+No Keras here: the worker imports whatever the trainer it unpickles needs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from multiprocessing.connection import Connection, wait
+
+from effscale.grid.search import TrialSpec
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+TRIALS_PER_WORKER = 8  # a fresh process every few trials bounds what TF's traced graphs hold
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+
+
+def default_workers() -> int:
+    """Two trials in flight on a machine with at least two cores, else one."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def remote_error(type_name: str, message: str) -> Exception:
+    """An exception that prints as the worker's did (``TypeName: message``)."""
+    return type(type_name, (Exception,), {})(message)
+
+
+def serve(fd: int) -> None:
+    """A worker's main loop: the trainer first, then one trial spec per message, None to stop.
+
+    Started as ``python -c`` rather than by ``multiprocessing``, whose spawn re-imports the
+    caller's ``__main__``: a notebook or an unguarded script calling ``effscale.grid.run``
+    would start workers recursively.
+    """
+    conn = Connection(fd)
+    run_trial = pickle.loads(conn.recv_bytes())
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        began = time.perf_counter()
+        try:
+            result = run_trial(TrialSpec.from_dict(message))
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which records FAILED
+            conn.send(("error", type(exc).__name__, " ".join(str(exc).split()), time.perf_counter() - began))
+        else:
+            conn.send(("ok", result, None, time.perf_counter() - began))
+
+
+class _Worker:
+    def __init__(self, trainer_bytes: bytes, threads: int):
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ) | {name: str(threads) for name in THREAD_VARIABLES}
+        # the worker imports the same effscale as this process (an editable install or a checkout)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [PACKAGE_ROOT, os.environ.get("PYTHONPATH")] if p)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"from effscale.grid.workers import serve; serve({theirs.fileno()})"],
+            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send_bytes(trainer_bytes)
+        self.ran = 0
+        self.queue: list[TrialSpec] = []  # the rest of its candidate's trials
+        self.spec: TrialSpec | None = None  # the trial in flight
+        self.began = 0.0
+
+    def send(self, spec: TrialSpec) -> None:
+        self.spec = spec
+        self.began = time.perf_counter()
+        self.conn.send(spec.to_dict())
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            if self.alive() and self.spec is None:
+                self.conn.send(None)
+                self.process.wait(timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        if self.alive():
+            self.process.kill()
+        self.process.wait()
+        self.conn.close()
+
+
+def group_by_candidate(specs: list[TrialSpec]) -> list[list[TrialSpec]]:
+    """Consecutive runs of one candidate's trials, in the order given."""
+    groups: dict[str, list[TrialSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.candidate.id, []).append(spec)
+    return list(groups.values())
+
+
+class WorkerPool:
+    """``workers`` processes running trials; the caller's ``start``/``finish`` log them."""
+
+    def __init__(self, workers: int = 2, trials_per_worker: int | None = None):
+        self.size = max(1, int(workers))
+        self.trials_per_worker = trials_per_worker or TRIALS_PER_WORKER
+        self.threads = max(1, (os.cpu_count() or 1) // self.size)
+        self.slots: list[_Worker | None] = [None] * self.size
+        self._trainer: tuple[int, bytes] | None = None
+        self.started = 0  # worker processes started (for tests and benchmarks)
+
+    def _fresh(self, slot: int, run_trial) -> _Worker:
+        old = self.slots[slot]
+        if old is not None:
+            old.stop()
+        if self._trainer is None or self._trainer[0] != id(run_trial):
+            self._trainer = (id(run_trial), pickle.dumps(run_trial))
+        self.slots[slot] = _Worker(self._trainer[1], self.threads)
+        self.started += 1
+        return self.slots[slot]
+
+    def run(self, specs: list[TrialSpec], run_trial, start, finish) -> None:
+        if self._trainer is not None and self._trainer[0] != id(run_trial):
+            self.close()  # another trainer: its workers hold the old one
+        groups = group_by_candidate(specs)
+        try:
+            while True:
+                for slot in range(self.size):
+                    worker = self.slots[slot]
+                    if worker is not None and (worker.spec is not None or worker.queue):
+                        continue
+                    if not groups:
+                        continue
+                    if worker is None or worker.ran >= self.trials_per_worker or not worker.alive():
+                        worker = self._fresh(slot, run_trial)
+                    worker.queue = groups.pop(0)
+                busy = [w for w in self.slots if w is not None and (w.spec is not None or w.queue)]
+                if not busy:
+                    return
+                for worker in busy:
+                    if worker.spec is None:
+                        spec = worker.queue.pop(0)
+                        start(spec)
+                        worker.send(spec)
+                ready = wait([w.conn for w in busy])
+                for worker in busy:
+                    if worker.conn in ready:
+                        self._receive(worker, finish, groups)
+        finally:
+            for worker in self.slots:
+                if worker is not None and worker.spec is not None:  # interrupted: nothing to wait for
+                    worker.process.kill()
+            for slot, worker in enumerate(self.slots):
+                if worker is not None and worker.spec is not None:
+                    worker.spec = None
+                    worker.stop()
+                    self.slots[slot] = None
+
+    def _receive(self, worker: _Worker, finish, groups: list) -> None:
+        try:
+            kind, payload, message, seconds = worker.conn.recv()
+        except (EOFError, OSError):
+            self._died(worker, finish, groups)
+            return
+        spec, worker.spec = worker.spec, None
+        worker.ran += 1
+        if kind == "ok":
+            finish(spec, payload, None, seconds)
+        else:
+            finish(spec, None, remote_error(payload, message), seconds)
+
+    def _died(self, worker: _Worker, finish, groups: list) -> None:
+        spec, worker.spec = worker.spec, None
+        code = worker.process.wait()
+        rest, worker.queue = worker.queue, []
+        if rest:
+            groups.insert(0, rest)
+        slot = self.slots.index(worker)
+        worker.stop()
+        self.slots[slot] = None
+        if spec is not None:
+            finish(spec, None, remote_error("WorkerDied", f"the worker process running it exited with code {code}"),
+                   time.perf_counter() - worker.began)
+
+    def close(self) -> None:
+        for slot, worker in enumerate(self.slots):
+            if worker is not None:
+                worker.stop()
+                self.slots[slot] = None
