@@ -95,3 +95,199 @@ def test_crashed_running_trials_are_rerun(store):
     assert store.latest()[first[0].trial_id]["status"] == "COMPLETE"
     assert store.attempts()[first[0].trial_id] == 2
     assert outcome.ran == space.planned_trials()
+
+
+# --- predictions, training states and continued promotions (fakes, no Keras) -----------------
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from effscale.grid import checkpoints  # noqa: E402
+from effscale.grid.executors import LocalExecutor  # noqa: E402
+from effscale.grid.trials import FakeTrainer, fake_val_labels, timing_summary  # noqa: E402
+
+# halving on the smoke grid (6 rows), eta 3, 3 rungs: 6 x 1 epoch, 2 x 3 epochs, 1 x 9 epochs
+HALVING = dict(rungs=3, eta=3, epochs=1)
+IMAGES_PER_EPOCH = 1000
+
+
+def _halving_space(**changes):
+    return SearchSpace.from_config(preset("smoke").replace(**(HALVING | changes)))
+
+
+def _comparable(store) -> dict:
+    """What must not depend on how the search was run: status, score, images, continuation."""
+    return {tid: (r["status"], r["metrics"].get("val_accuracy"), r["metrics"].get("images_trained"),
+                  r["images_seen"], r["metrics"].get("continued_from"))
+            for tid, r in store.latest().items()}
+
+
+def test_state_round_trip_and_damaged_files_count_as_absent(tmp_path):
+    path = checkpoints.checkpoint_path(tmp_path, "a-s0-r0")
+    state = checkpoints.TrainState([np.arange(6, dtype=np.float32).reshape(2, 3), np.float32(2.5)],
+                                   [np.int64(7)], {"epochs_done": 3, "images_trained": 3000})
+    checkpoints.save_state(path, state)
+    back = checkpoints.load_state(path)
+    assert back.epochs_done == 3 and back.images_trained == 3000
+    np.testing.assert_array_equal(back.variables[0], state.variables[0])
+    assert float(back.variables[1]) == 2.5 and int(back.optimizer[0]) == 7
+    assert not list(path.parent.glob(".*.tmp"))  # the temp file was renamed, not left behind
+    # kill -9 halfway through writing a file by hand (the atomic writer never leaves one)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert checkpoints.load_state(path) is None
+    path.write_bytes(b"")
+    assert checkpoints.load_state(path) is None
+    assert checkpoints.load_state(tmp_path / "missing.npz") is None
+    assert checkpoints.prune_states(tmp_path) == 1 and not path.exists()
+
+
+def test_every_complete_trial_leaves_its_predictions_and_the_run_its_labels(store):
+    space = SearchSpace.from_config(preset("smoke").replace(seeds=2))
+    run_search(space, store, fake_trial)
+    labels = checkpoints.load_val_labels(store.run.path)
+    np.testing.assert_array_equal(labels, fake_val_labels())
+    for tid, record in store.latest().items():
+        predictions = checkpoints.load_predictions(store.run.path, tid)
+        assert predictions.dtype == np.int16 and predictions.shape == labels.shape
+        # the logged score is the one the saved predictions give
+        assert record["metrics"]["val_acc"] == pytest.approx(float(np.mean(predictions == labels)))
+        assert record["metrics"]["val_accuracy"] == record["metrics"]["val_acc"]
+        assert record["metrics"]["seed"] == record["seed"]
+        assert record["metrics"]["images_trained"] == 1000 * record["epochs"]
+
+
+def test_other_validation_labels_are_refused(tmp_path):
+    checkpoints.save_val_labels(tmp_path, [0, 1, 2])
+    checkpoints.save_val_labels(tmp_path, [0, 1, 2])  # the same again: fine
+    with pytest.raises(ValueError, match="other validation labels"):
+        checkpoints.save_val_labels(tmp_path, [0, 1, 1])
+    with pytest.raises(ValueError, match="one class per validation image"):
+        checkpoints.as_predictions([[0, 1]])
+
+
+def test_promoted_trials_continue_and_count_only_the_images_they_train(store):
+    space = _halving_space()
+    run_search(space, store, FakeTrainer(last_rung=2, images_per_epoch=IMAGES_PER_EPOCH))
+    latest = store.latest()
+    by_rung = {r: [t for t in latest.values() if t["rung"] == r] for r in range(3)}
+    assert [len(by_rung[r]) for r in range(3)] == [6, 2, 1]
+    for rung in (1, 2):
+        for record in by_rung[rung]:
+            previous = f"{record['candidate']['id']}-s{record['seed']}-r{rung - 1}"
+            assert record["metrics"]["continued_from"] == previous
+            assert latest[previous]["status"] == "COMPLETE"
+    # images trained now: 6x1 + 2x(3-1) + 1x(9-3) epochs = 16 epochs, not 6 + 2x3 + 9 = 21
+    assert sum(r["images_seen"] for r in latest.values()) == 16 * IMAGES_PER_EPOCH
+    assert by_rung[2][0]["metrics"]["images_trained"] == 9 * IMAGES_PER_EPOCH  # cumulative
+    # the search is finished: nothing is left to continue from
+    assert not list((store.run.path / checkpoints.CHECKPOINTS).glob("*.npz"))
+
+
+def test_a_damaged_state_means_training_again_from_scratch(store):
+    space = _halving_space(rungs=2)
+    trainer = FakeTrainer(last_rung=1, images_per_epoch=IMAGES_PER_EPOCH)
+    run_search(space, store, trainer, max_failures_in_a_row=99)
+    promoted = [r for r in store.latest().values() if r["rung"] == 1]
+    # now damage a saved state by hand and rerun only that promoted trial
+    victim = promoted[0]
+    source = checkpoints.checkpoint_path(store.run.path, victim["metrics"]["continued_from"])
+    checkpoints.save_state(source, checkpoints.TrainState([np.array([1])], [np.array([10])], {"epochs_done": 1}))
+    source.write_bytes(source.read_bytes()[:40])
+    result = trainer.for_run(store.run.path)(TrialRecord.from_dict(victim).spec)
+    assert result["metrics"]["continued_from"] is None
+    assert result["images_seen"] == victim["epochs"] * IMAGES_PER_EPOCH
+
+
+def test_timing_summary_gives_the_non_training_share():
+    phases = {"build": 1.0, "compile": 0.5, "first_step": 2.0, "train": 16.0, "bn_recal": 0.25, "eval": 0.25,
+              "teardown": 0.0}
+    trials = {"a": {"status": "COMPLETE", "metrics": {"timing": phases}},
+              "b": {"status": "COMPLETE", "metrics": {"timing": dict(phases, train=6.0)}},
+              "c": {"status": "FAILED", "metrics": {}},
+              "d": {"status": "COMPLETE", "metrics": {}}}
+    summary = timing_summary(trials)
+    assert summary["trials"] == 2 and summary["seconds"] == pytest.approx(20.0 + 10.0)
+    assert summary["non_training_share"] == pytest.approx(8.0 / 30.0)
+    assert timing_summary({"d": trials["d"]}) is None
+
+
+def test_worker_processes_give_the_same_trials_as_one_process(tmp_path):
+    space = _halving_space(seeds=2)
+    here = TrialStore(RunDir(tmp_path / "here"))
+    run_search(space, here, FakeTrainer(last_rung=2))
+    executor = LocalExecutor(workers=2, trials_per_worker=3)
+    there = TrialStore(RunDir(tmp_path / "workers"))
+    run_search(space, there, FakeTrainer(last_rung=2), executor)
+    assert _comparable(there) == _comparable(here)
+    assert executor._pool.started > 2  # workers were recycled after 3 trials
+    assert len(here.latest()) == space.planned_trials()
+
+
+class _DiesOn(FakeTrainer):
+    """A trainer whose process dies (as if killed by the OOM killer) on one candidate."""
+
+    def __init__(self, victim: str, **kwargs):
+        super().__init__(**kwargs)
+        self.victim = victim
+
+    def for_run(self, run_path):
+        bound = _DiesOn(self.victim, last_rung=self.last_rung)
+        bound.run_path = str(run_path)
+        return bound
+
+    def __call__(self, spec):
+        if spec.candidate.id == self.victim:
+            os._exit(9)
+        return super().__call__(spec)
+
+
+def test_a_worker_that_dies_fails_its_trial_and_the_search_goes_on(store):
+    space = SearchSpace.from_config(preset("smoke"))
+    victim = space.entries[1].id
+    run_search(space, store, _DiesOn(victim, last_rung=1), LocalExecutor(workers=2))
+    latest = store.latest()
+    failed = [r for r in latest.values() if r["status"] == "FAILED"]
+    assert [r["candidate"]["id"] for r in failed] == [victim]
+    assert failed[0]["error"] == "WorkerDied: the worker process running it exited with code 9"
+    assert sum(r["status"] == "COMPLETE" for r in latest.values()) == space.planned_trials() - 1
+
+
+RESUMABLE = """
+import sys
+from pathlib import Path
+from effscale.grid.config import preset
+from effscale.grid.executors import LocalExecutor, run_search
+from effscale.grid.search import SearchSpace
+from effscale.grid.trials import FakeTrainer, TrialStore
+from effscale.runs import RunDir
+space = SearchSpace.from_config(preset("smoke").replace(rungs=3, eta=3, epochs=1, seeds=2))
+run_search(space, TrialStore(RunDir(Path(sys.argv[1]))), FakeTrainer(sleep=0.1, last_rung=2),
+           LocalExecutor(workers=int(sys.argv[2])))
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_9_then_resume_gives_the_uninterrupted_trials(tmp_path, workers):
+    space = _halving_space(seeds=2)
+    whole = TrialStore(RunDir(tmp_path / "whole"))
+    run_search(space, whole, FakeTrainer(last_rung=2))
+    killed = TrialStore(RunDir(tmp_path / "killed"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+    process = subprocess.Popen([sys.executable, "-c", RESUMABLE, str(killed.run.path), str(workers)], env=env,
+                               start_new_session=True)
+    deadline = time.monotonic() + 60
+    # kill once rung 1 has started: some states saved, some trials in flight
+    while time.monotonic() < deadline and not any(r.get("rung") == 1 for r in killed.lines()):
+        assert process.poll() is None, "the search ended before it could be killed"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert any(r["status"] == "RUNNING" for r in killed.latest().values())
+    assert len(killed.latest()) < space.planned_trials()
+    run_search(space, killed, FakeTrainer(last_rung=2))
+    assert _comparable(killed) == _comparable(whole)

@@ -171,9 +171,12 @@ class RayExecutor:
 
 
 def make_executor(name: str, ray_address: str | None = None, cpus_per_trial: float = 1.0,
-                  gpus_per_trial: float = 0.0, workers: int = 1):
+                  gpus_per_trial: float = 0.0, workers: int | None = None):
+    """``workers`` (local only): trials in flight at once; default two on a multi-core machine."""
     if name == "local":
-        return LocalExecutor(workers)
+        from effscale.grid.workers import default_workers
+
+        return LocalExecutor(default_workers() if workers is None else workers)
     if name == "ray":
         return RayExecutor(ray_address, cpus_per_trial, gpus_per_trial)
     raise ConfigError(f"unknown executor {name!r}; use local or ray")

@@ -75,8 +75,9 @@ class _Worker:
     def __init__(self, trainer_bytes: bytes, threads: int):
         ours, theirs = socket.socketpair()
         env = dict(os.environ) | {name: str(threads) for name in THREAD_VARIABLES}
-        # the worker imports the same effscale as this process (an editable install or a checkout)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [PACKAGE_ROOT, os.environ.get("PYTHONPATH")] if p)
+        # the worker imports what this process would: the same effscale (an editable install or a
+        # checkout) and the module defining the trainer (a notebook's, a test's)
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([PACKAGE_ROOT, *(p or os.getcwd() for p in sys.path)]))
         self.process = subprocess.Popen(
             [sys.executable, "-c", f"from effscale.grid.workers import serve; serve({theirs.fileno()})"],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
