@@ -111,7 +111,7 @@ from effscale.grid.executors import LocalExecutor  # noqa: E402
 from effscale.grid.trials import FakeTrainer, fake_val_labels, timing_summary  # noqa: E402
 
 # halving on the smoke grid (6 rows), eta 3, 3 rungs: 6 x 1 epoch, 2 x 3 epochs, 1 x 9 epochs
-HALVING = dict(rungs=3, eta=3, epochs=1)
+HALVING = dict(rungs=3, eta=3, epochs=1, seeds=1, early_seeds=1)
 IMAGES_PER_EPOCH = 1000
 
 
@@ -186,6 +186,16 @@ def test_promoted_trials_continue_and_count_only_the_images_they_train(store):
     assert by_rung[2][0]["metrics"]["images_trained"] == 9 * IMAGES_PER_EPOCH  # cumulative
     # the search is finished: nothing is left to continue from
     assert not list((store.run.path / checkpoints.CHECKPOINTS).glob("*.npz"))
+
+
+def test_extra_seeds_at_the_last_rung_train_from_scratch(store):
+    space = _halving_space(seeds=2)
+    run_search(space, store, FakeTrainer(last_rung=2, images_per_epoch=IMAGES_PER_EPOCH))
+    last = {r["seed"]: r for r in store.latest().values() if r["rung"] == 2}
+    assert last[0]["metrics"]["continued_from"] == f"{last[0]['candidate']['id']}-s0-r1"
+    assert last[0]["images_seen"] == 6 * IMAGES_PER_EPOCH
+    # seed 1 ran no earlier rung: it trains all 9 epochs, as in the full schedule
+    assert last[1]["metrics"]["continued_from"] is None and last[1]["images_seen"] == 9 * IMAGES_PER_EPOCH
 
 
 def test_a_damaged_state_means_training_again_from_scratch(store):

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-CHECKPOINTS = Path("checkpoints") / "trials"
-TRIALS_DIR = "trials"
-PREDICTIONS = "predictions.npy"
-VAL_LABELS = "val_labels.npy"
+from effscale.runs import RunDir
+
+CHECKPOINTS = Path("checkpoints") / "trials"  # relative to the run dir (tests look there)
 PREDICTION_DTYPE = np.int16  # 10 to 1,000 classes fit; 2 bytes per validation image
 
 
@@ -70,7 +69,7 @@ def _atomic_write(path: Path, write) -> Path:
 
 # --- training state ------------------------------------------------------------------------------
 def checkpoint_path(run_path: str | os.PathLike, trial_id: str) -> Path:
-    return Path(run_path) / CHECKPOINTS / f"{trial_id}.npz"
+    return RunDir(Path(run_path)).checkpoints_dir / "trials" / f"{trial_id}.npz"
 
 
 def save_state(path: str | os.PathLike, state: TrainState) -> Path:
@@ -96,7 +95,7 @@ def load_state(path: str | os.PathLike) -> TrainState | None:
 
 def prune_states(run_path: str | os.PathLike) -> int:
     """Delete every saved training state (the search is finished); returns how many."""
-    folder = Path(run_path) / CHECKPOINTS
+    folder = checkpoint_path(run_path, "-").parent
     if not folder.is_dir():
         return 0
     count = sum(1 for _ in folder.glob("*.npz"))
@@ -106,11 +105,11 @@ def prune_states(run_path: str | os.PathLike) -> int:
 
 # --- predictions -----------------------------------------------------------------------------------
 def predictions_path(run_path: str | os.PathLike, trial_id: str) -> Path:
-    return Path(run_path) / TRIALS_DIR / trial_id / PREDICTIONS
+    return RunDir(Path(run_path)).predictions_path(trial_id)
 
 
 def val_labels_path(run_path: str | os.PathLike) -> Path:
-    return Path(run_path) / VAL_LABELS
+    return RunDir(Path(run_path)).val_labels_path
 
 
 def _save_npy(path: Path, array: np.ndarray) -> Path:

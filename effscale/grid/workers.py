@@ -20,16 +20,20 @@ No Keras here: the worker imports whatever the trainer it unpickles needs.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from multiprocessing.connection import Connection, wait
 
 from effscale.grid.search import TrialSpec
+
+log = logging.getLogger("effscale.grid.workers")
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 TRIALS_PER_WORKER = 8  # a fresh process every few trials bounds what TF's traced graphs hold
@@ -71,6 +75,12 @@ def serve(fd: int) -> None:
             conn.send(("ok", result, None, time.perf_counter() - began))
 
 
+def _drain(stream, pid: int) -> None:
+    for line in iter(stream.readline, b""):
+        log.debug("worker %d: %s", pid, line.decode(errors="replace").rstrip())
+    stream.close()
+
+
 class _Worker:
     def __init__(self, trainer_bytes: bytes, threads: int):
         ours, theirs = socket.socketpair()
@@ -80,8 +90,12 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([PACKAGE_ROOT, *(p or os.getcwd() for p in sys.path)]))
         self.process = subprocess.Popen(
             [sys.executable, "-c", f"from effscale.grid.workers import serve; serve({theirs.fileno()})"],
-            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
         theirs.close()
+        # What a worker prints (library warnings, TensorFlow's start-up lines) goes to the run's
+        # log, as it would in one process, not over the progress display.
+        threading.Thread(target=_drain, args=(self.process.stdout, self.process.pid), daemon=True).start()
         self.conn = Connection(ours.detach())
         self.conn.send_bytes(trainer_bytes)
         self.ran = 0
