@@ -40,3 +40,17 @@ def test_tensorflow_start_up_lines_stay_off_the_console():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert "absl::InitializeLog" not in done.stderr and "oneDNN" not in done.stderr, done.stderr
     assert "absl::InitializeLog" in done.stdout  # kept, for the run's effscale.log
+
+
+def test_modules_stay_small():
+    """A module over 400 lines (a command module over 120) is doing more than one job."""
+    from conftest import ROOT
+
+    package = ROOT / "effscale"
+    too_long = []
+    for path in sorted(package.rglob("*.py")):
+        limit = 120 if path.parent.name == "cli" and path.name != "__init__.py" else 400
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > limit:
+            too_long.append(f"{path.relative_to(ROOT)}: {lines} > {limit}")
+    assert not too_long
