@@ -214,7 +214,8 @@ class TransferConfig:
         for name, high in UPPER_BOUNDS.items():
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value <= high):
-                raise ConfigError(f"{name.replace('_', '-')} must be at most {high:g}, got {value}; it looks like "
+                shown = f"{high:,}" if isinstance(high, int) else f"{high:g}"
+                raise ConfigError(f"{name.replace('_', '-')} must be at most {shown}, got {value}; it looks like "
                                   "a typo (see docs/transfer.md, 'Limits')")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")

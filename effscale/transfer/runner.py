@@ -50,8 +50,10 @@ class TransferResult:
 def resume_config(run_dir, *, recipe: str | None = None, preset: str | None = None,
                   base: TransferConfig | None = None, **flags) -> TransferConfig:
     """The config a ``--resume`` asks for: the stored one, with whatever the command line
-    adds on top. ``run`` then refuses it if anything differs (``check_resume``)."""
-    stored = read_transfer_config(open_run_dir(Path(run_dir), "transfer").manifest_path)
+    adds on top; refused in one line if that changes any setting (``check_resume``), so
+    ``--print-config`` and a real resume agree."""
+    run = open_run_dir(Path(run_dir), "transfer")
+    stored = read_transfer_config(run.manifest_path)
     given = {k: v for k, v in flags.items() if v is not None}
     start = base or stored
     recipe = recipe or start.recipe
@@ -59,8 +61,11 @@ def resume_config(run_dir, *, recipe: str | None = None, preset: str | None = No
     if base is None and recipe == stored.recipe and preset == stored.preset:
         if "augment" in given:
             given["augment"] = tuple(given["augment"])
-        return replace(stored, **given).validate()  # re-applying a preset would undo flags given with it
-    return resolve_transfer_config(recipe, preset, base=start, **given)
+        config = replace(stored, **given).validate()  # re-applying a preset would undo flags given with it
+    else:
+        config = resolve_transfer_config(recipe, preset, base=start, **given)
+    check_resume(run, config)
+    return config
 
 
 def check_resume(run: RunDir, config: TransferConfig) -> None:
