@@ -294,7 +294,8 @@ def _markdown(config: GridConfig, rows: list[dict], info: dict) -> str:
         + "\n\n"
         + "MACs x is measured on the rounded proxy network relative to the proxy base; "
         "a*b^2*g^2 is the formula. Accuracy is the mean over seeds at the highest rung reached, with a 95% "
-        "bootstrap interval; 'behind' is the paired difference to the leader of that rung (docs/grid.md).\n\n"
+        f"interval ({(info.get('verdict') or {}).get('method', '-')}); 'behind' is the difference to the "
+        "leader of that rung (docs/grid.md).\n\n"
         + table
         + f"\n\nSettings: {settings}\n"
     )

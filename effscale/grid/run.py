@@ -139,6 +139,7 @@ def run(config: GridConfig, run_dir=None, *, resume: bool = False, executor="loc
                     len(space.entries), space.planned_trials())
         if on_start is not None:
             on_start(run, space, not resume, done)
+
         def new_executor():  # run_search closes its executor when it returns
             if isinstance(executor, str):
                 return make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial)
@@ -153,8 +154,10 @@ def run(config: GridConfig, run_dir=None, *, resume: bool = False, executor="loc
             if config.confirm_phi is not None and info["finished"] and info["verdict"].get("chosen"):
                 from effscale.grid.confirm import run_confirmation
 
-                run_confirmation(run, space, info["verdict"], trainer, new_executor(), progress, num_classes)
-                _write_reports(run, logger)
+                try:
+                    run_confirmation(run, space, info["verdict"], trainer, new_executor(), progress, num_classes)
+                finally:
+                    _write_reports(run, logger)
         cfg, _, _, rows, info = report.build(run)
         return GridResult(run.path, cfg, rows, info, info.get("verdict", {}), outcome.seconds, outcome.ran,
                           info.get("confirm"))
