@@ -301,3 +301,31 @@ def test_kill_9_then_resume_gives_the_uninterrupted_trials(tmp_path, workers):
     assert len(killed.latest()) < space.planned_trials()
     run_search(space, killed, FakeTrainer(last_rung=2))
     assert _comparable(killed) == _comparable(whole)
+
+
+class _Timed(FakeTrainer):
+    """Every trial: 3 s of training steps and 1 s of everything else."""
+
+    def for_run(self, run_path):
+        bound = _Timed(last_rung=self.last_rung)
+        bound.run_path = str(run_path)
+        return bound
+
+    def __call__(self, spec):
+        result = super().__call__(spec)
+        result["timing"] = {"build": 0.25, "compile": 0.25, "first_step": 0.25, "train": 3.0, "bn_recal": 0.125,
+                            "eval": 0.125, "teardown": 0.0}
+        return result
+
+
+def test_the_grid_report_shows_the_non_training_share(store):
+    from effscale.grid import report
+
+    space = SearchSpace.from_config(preset("smoke"))
+    store.run.write_manifest("grid", space.config.to_dict())
+    run_search(space, store, _Timed(last_rung=space.config.n_rungs - 1))
+    info = report.build(store.run)[4]
+    assert info["timing"]["non_training_share"] == pytest.approx(0.25)
+    lines = report.summary_lines(info)
+    expected = f"Time: 25% of {4 * space.planned_trials()}s of trial time was not training"
+    assert any(line.startswith(expected) for line in lines), lines

@@ -255,7 +255,8 @@ def _prepare_model(spec: TrialSpec, config: GridConfig, dataset, timing: dict):
     fresh = build_proxy_model(spec, config, dataset.image_shape, dataset.num_classes)
     t2 = time.perf_counter()
     timing["build"] = t2 - t1
-    if _Compiled.key == key:
+    reused = _Compiled.key == key
+    if reused:
         model = _Compiled.model
         _assign(model.variables, _numpy(fresh.variables))  # weights, BN statistics, dropout seed state
         _assign(model.optimizer.variables, _Compiled.optimizer_start)
@@ -265,7 +266,7 @@ def _prepare_model(spec: TrialSpec, config: GridConfig, dataset, timing: dict):
         _Compiled.key, _Compiled.model = key, model
         _Compiled.optimizer_start = _numpy(model.optimizer.variables)
     timing["compile"] = time.perf_counter() - t2
-    return model
+    return model, reused
 
 
 def _epoch_batches(dataset, seed: int, epoch: int, batch: int, steps: int):
@@ -310,7 +311,7 @@ def run_proxy_trial(spec: TrialSpec, config: GridConfig, dataset, run_path: str 
 
     timing: dict[str, float] = {}
     seed_everything(1000 * config.data_seed + spec.seed)
-    model = _prepare_model(spec, config, dataset, timing)
+    model, reused = _prepare_model(spec, config, dataset, timing)
     key = _model_key(spec, config, dataset.image_shape, dataset.num_classes)
     steps, batch = _steps_per_epoch(config, len(dataset.y_train))
     state = _previous_state(spec, run_path, model, key)
@@ -356,6 +357,7 @@ def run_proxy_trial(spec: TrialSpec, config: GridConfig, dataset, run_path: str 
                "train_loss": rows[-1].get("loss") if rows else None,
                "val_count": int(len(labels)), "bn_recalibration_batches": used,
                "params": int(model.count_params()), "images_trained": images * spec.epochs,
+               "model_reused": reused,
                "continued_from": (trial_id(spec.candidate.id, spec.seed, spec.rung - 1) if state is not None
                                   else None)}
     timings = dict(timing, total=sum(timing.values()))

@@ -27,7 +27,7 @@ from effscale.grid import stats
 from effscale.grid.config import GridConfig
 from effscale.grid.search import SearchSpace, candidate_cost
 from effscale.runs import RunDir
-from effscale.grid.trials import TrialStatus, TrialStore
+from effscale.grid.trials import TrialStatus, TrialStore, timing_summary
 
 
 
@@ -152,6 +152,7 @@ def summary(space: SearchSpace, trials: dict, rows: list[dict], verdict: dict | 
         "winner_role": winner["role"] if winner else None,
         "winner_acc": winner["acc_mean"] if winner else None,
         "verdict": verdict or {},
+        "timing": timing_summary(trials),  # seconds per phase and the non-training share
     }
 
 
@@ -275,6 +276,10 @@ def summary_lines(info: dict) -> list[str]:
             lines.append(f"Compute: {info['images_seen']:,} training images seen (full schedule).")
     lines.append(f"Trials: {info['complete']} complete, {info['failed']} failed, {info['running']} interrupted "
                  f"(of {info['planned_trials']} planned).")
+    if info.get("timing"):
+        share, seconds = info["timing"]["non_training_share"], info["timing"]["seconds"]
+        lines.append(f"Time: {share:.0%} of {seconds:.0f}s of trial time was not training (build, compile, "
+                     "first step and its trace, BN recalibration, eval, teardown).")
     if (info.get("confirm") or {}).get("sentence"):
         lines.append(info["confirm"]["sentence"])
     sentence = (info.get("verdict") or {}).get("sentence")
