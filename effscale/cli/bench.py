@@ -75,8 +75,11 @@ def bench(paths, variants, phis, family, resolution, batch, runs, warmup, throug
     else:
         console.emit(records, columns if fmt == "table" else EXPORT_COLUMNS, fmt,
                      title="effscale bench", caption=caption)
-    if corr and fmt == "table":
-        console.info(correlation_caption(corr))
+    if corr and fmt in ("table", "markdown"):
+        if fmt == "markdown":
+            click.echo(f"\n{correlation_caption(corr)}")
+        else:
+            console.info(correlation_caption(corr))
     if plot is not None:
         from effscale.bench.report import latency_vs_macs
 
