@@ -84,7 +84,7 @@ def test_export_bad_input(run_cli, tmp_path):
 def test_tflite_and_onnx_agree_with_keras_and_bench_reads_them(run_cli, tmp_path):
     images = str(shared_file("imagenette-val-500.tar.gz"))
     tiny = str(write_tiny_variant(tmp_path / "tiny.json"))
-    for name in ("tiny.tflite", "tiny.onnx"):
+    for name in ("tiny.tflite", "tiny.onnx", "tiny_saved"):
         out = tmp_path / name
         code, stdout, err = run_cli("export", "--variant", tiny, "-o", str(out), "--verify", images,
                                     "--verify-limit", "40", "--min-agreement", "0.99")
@@ -97,13 +97,14 @@ def test_tflite_and_onnx_agree_with_keras_and_bench_reads_them(run_cli, tmp_path
     run = tmp_path / "run"  # a transfer run directory: bench measures its best checkpoint
     (run / "checkpoints").mkdir(parents=True)
     load_source(variant=tiny)[0].save(run / "checkpoints" / "best.keras")
-    code, stdout, err = run_cli("bench", str(tmp_path / "tiny.tflite"), str(tmp_path / "tiny.onnx"), str(run),
+    artifacts = [str(tmp_path / n) for n in ("tiny.tflite", "tiny.onnx", "tiny_saved")]
+    code, stdout, err = run_cli("bench", *artifacts, str(run),
                                 "--same-process", "--throughput-batch", "4", "--throughput-runs", "1", "--format", "json")
     assert code == 0, err
     records = json.loads(stdout)[0]["records"]
-    assert [r["runtime"] for r in records] == ["tflite", "onnx", "keras"]
+    assert [r["runtime"] for r in records] == ["tflite", "onnx", "savedmodel", "keras"]
     assert all(r["resolution"] == 32 and r["p50_ms"] > 0 for r in records)
-    assert records[2]["name"] == "run" and records[2]["params"] > 0
+    assert records[3]["name"] == "run" and records[3]["params"] > 0
 
 
 @pytest.mark.slow
