@@ -84,7 +84,7 @@ def test_export_bad_input(run_cli, tmp_path):
 def test_tflite_and_onnx_agree_with_keras_and_bench_reads_them(run_cli, tmp_path):
     images = str(shared_file("imagenette-val-500.tar.gz"))
     tiny = str(write_tiny_variant(tmp_path / "tiny.json"))
-    for name in ("tiny.tflite", "tiny.onnx"):
+    for name in ("tiny.tflite", "tiny.onnx", "tiny_saved"):
         out = tmp_path / name
         code, stdout, err = run_cli("export", "--variant", tiny, "-o", str(out), "--verify", images,
                                     "--verify-limit", "40", "--min-agreement", "0.99")
@@ -92,12 +92,19 @@ def test_tflite_and_onnx_agree_with_keras_and_bench_reads_them(run_cli, tmp_path
         assert "top-1 agreement" in stdout
         report = json.loads((tmp_path / f"{name}.verify.json").read_text())
         assert report["images"] == 40 and report["agreement"] >= 0.99 and report["max_abs_diff"] < 1e-3
-    code, stdout, err = run_cli("bench", str(tmp_path / "tiny.tflite"), str(tmp_path / "tiny.onnx"),
+    from effscale.export.convert import load_source
+
+    run = tmp_path / "run"  # a transfer run directory: bench measures its best checkpoint
+    (run / "checkpoints").mkdir(parents=True)
+    load_source(variant=tiny)[0].save(run / "checkpoints" / "best.keras")
+    artifacts = [str(tmp_path / n) for n in ("tiny.tflite", "tiny.onnx", "tiny_saved")]
+    code, stdout, err = run_cli("bench", *artifacts, str(run),
                                 "--same-process", "--throughput-batch", "4", "--throughput-runs", "1", "--format", "json")
     assert code == 0, err
     records = json.loads(stdout)[0]["records"]
-    assert [r["runtime"] for r in records] == ["tflite", "onnx"]
+    assert [r["runtime"] for r in records] == ["tflite", "onnx", "savedmodel", "keras"]
     assert all(r["resolution"] == 32 and r["p50_ms"] > 0 for r in records)
+    assert records[3]["name"] == "run" and records[3]["params"] > 0
 
 
 @pytest.mark.slow

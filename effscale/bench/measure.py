@@ -4,7 +4,9 @@ Protocol per target (docs/bench.md says why):
 1. build or load, timed as ``load_s``;
 2. the first call at each batch size traces/compiles; it is timed apart (``trace_s``);
 3. ``warmup`` untimed calls, then ``runs`` timed calls with ``time.perf_counter`` around
-   the runtime call only (inputs are converted before the clock starts);
+   the runtime call only (inputs are converted before the clock starts); the process CPU
+   time of each call too (``cpu_p50_ms``): on a shared machine other jobs stretch wall
+   time but hardly the CPU time a call needs, and with one thread the two agree when idle;
 4. throughput: one untimed call at ``throughput_batch``, then timed calls;
 5. ``--train``: ``train_on_batch`` at ``train_batch`` (first call apart, then timed);
 6. memory: the process's peak RSS (Linux ``VmHWM``, reset before the target) minus its
@@ -145,8 +147,13 @@ def measure(target: Target, settings: BenchSettings) -> dict:
     trace_s = _timed(runner.run, fed)
     for _ in range(settings.warmup):
         runner.run(fed)
-    times = [_timed(runner.run, fed) for _ in range(settings.runs)]
-    record |= {"batch": settings.batch, "load_s": load_s, "trace_s": trace_s, **summarize(times)}
+    times, cpu = [], []
+    for _ in range(settings.runs):
+        cpu_start = time.process_time()
+        times.append(_timed(runner.run, fed))
+        cpu.append(time.process_time() - cpu_start)
+    record |= {"batch": settings.batch, "load_s": load_s, "trace_s": trace_s, **summarize(times),
+               "cpu_p50_ms": float(np.median(cpu)) * 1e3}
 
     if settings.throughput_batch and settings.throughput_runs:
         runner.prepare(settings.throughput_batch)

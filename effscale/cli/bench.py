@@ -68,15 +68,18 @@ def bench(paths, variants, phis, family, resolution, batch, runs, warmup, throug
     corr = correlations(records)
     columns = COLUMNS + ([TRAIN_COLUMN] if train else [])
     first = records[0]
-    caption = (f"batch {batch}, {runs} runs after {warmup} warm-up; {first.get('tf_intra_op') or threads or 'all'}"
-               f" of {first['cpu_count']} CPU threads; trace: 1st call")
+    caption = (f"ms at batch {batch}, {runs} runs; cpu50: CPU ms/call; trace: 1st call, s; "
+               f"threads {first.get('tf_intra_op') or threads or 'all'}/{first['cpu_count']}")
     if fmt == "json":
         console.emit([{"records": records, "correlations": corr, "settings": settings.to_dict()}], columns, fmt)
     else:
         console.emit(records, columns if fmt == "table" else EXPORT_COLUMNS, fmt,
                      title="effscale bench", caption=caption)
-    if corr and fmt == "table":
-        console.info(correlation_caption(corr))
+    if corr and fmt in ("table", "markdown"):
+        if fmt == "markdown":
+            click.echo(f"\n{correlation_caption(corr)}")
+        else:
+            console.info(correlation_caption(corr))
     if plot is not None:
         from effscale.bench.report import latency_vs_macs
 
