@@ -123,12 +123,22 @@ def test_key_changes_with_anything_the_activations_depend_on(change):
 def test_a_cache_with_another_layout_is_not_reused(tmp_path):
     x = _images()
     _cache(tmp_path, x, chunk=3).fill(x, _prefix)
-    other = _cache(tmp_path, x, chunk=4)  # same key folder, different chunking: the log means nothing
+    other = ActivationCache(tmp_path, "k", len(x), (2, 2))  # same folder, other activation shape
     assert other.done_chunks() == set()
+    other.fill(x, lambda b: _prefix(b).reshape(-1, 2, 2))
+    assert other.load().shape == (2, 10, 2, 2)
+
+
+def test_a_partly_filled_cache_keeps_its_chunking(tmp_path):
+    x = _images()
+    cache = _cache(tmp_path, x, chunk=3)
+    cache.fill(x, _prefix)
+    (cache.path / "done.log").write_text("0\n1\n", encoding="utf-8")
+    again = ActivationCache(tmp_path, "k", len(x), (4,), chunk=1024)  # another default chunk size now
+    assert again.chunk == 3 and again.done_chunks() == {0, 1}
     calls = []
-    other.fill(x, lambda b: calls.append(len(b)) or _prefix(b))
-    assert len(calls) == 6
-    np.testing.assert_allclose(other.load()[0], _prefix(x), rtol=1e-3)
+    again.fill(x, lambda b: calls.append(len(b)) or _prefix(b))
+    assert calls == [3, 3, 1, 1]
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():
@@ -156,3 +166,70 @@ def test_flip_view_mirrors_columns():
     np.testing.assert_array_equal(view_images(x, "flip")[:, :, 0], x[:, :, -1])
     with pytest.raises(ValueError):
         view_images(x, "rotate")
+
+
+# --- end to end through the command (slow: Keras models) --------------------------------
+def _tiny_args(tmp_path, run_dir, *extra):
+    from tests.test_transfer_train import base_args, write_variant
+
+    return base_args(write_variant(tmp_path / "tiny.json"), run_dir, *extra)
+
+
+def _pretrained(tmp_path, seed):
+    import keras
+
+    from effscale.net.keras_model import build_model
+    from tests.test_transfer_train import tiny_network
+
+    keras.utils.set_random_seed(seed)
+    path = tmp_path / "pre.weights.h5"
+    build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32).save_weights(path)
+    return path
+
+
+@pytest.mark.slow
+def test_changed_weights_file_or_image_size_is_never_served_a_stale_cache(run_cli, tmp_path):
+    weights = _pretrained(tmp_path, 0)
+    probe = ("--strategy", "linear-probe", "--weights", str(weights))
+    code, _, err = run_cli(*_tiny_args(tmp_path, tmp_path / "a", *probe))
+    assert code == 0 and "computed once and cached" in err
+    roots = tmp_path / "cache" / "activations"
+    assert len(list(roots.iterdir())) == 2  # train and val
+    weights = _pretrained(tmp_path, 1)  # the same file name, other values
+    code, _, err = run_cli(*_tiny_args(tmp_path, tmp_path / "b", *probe))
+    assert code == 0 and "reused from the cache" not in err and len(list(roots.iterdir())) == 4
+    code, _, err = run_cli(*_tiny_args(tmp_path, tmp_path / "c", *probe, "--image-size", "40"))
+    assert code == 0 and "reused from the cache" not in err and len(list(roots.iterdir())) == 6
+    code, _, err = run_cli(*_tiny_args(tmp_path, tmp_path / "d", *probe, "--image-size", "40"))
+    assert code == 0 and "train activations" in err and "reused from the cache" in err
+
+
+@pytest.mark.slow
+def test_kill_9_during_the_caching_pass_then_resume(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    args = _tiny_args(tmp_path, run_dir, "--strategy", "top-blocks", "--blocks", "1", "--epochs", "2",
+                      "--limit-train", "2048", "--image-size", "64", "--weights", str(_pretrained(tmp_path, 0)))
+    env = {**os.environ, "EFFSCALE_CACHE_CHUNK": "64", "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-m", "effscale", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    roots = tmp_path / "cache" / "activations"
+    import time
+
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            logs = list(roots.glob("*/done.log"))
+            if logs and len(logs[0].read_text().splitlines()) >= 3:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the caching pass finished before it could be killed"
+    done = len(list(roots.glob("*/done.log"))[0].read_text().splitlines())
+    assert 3 <= done < 32
+    code, _, err = run_cli("transfer", "--resume", str(run_dir), "--no-progress")
+    assert code == 0, err
+    assert f"{done}/32 chunks already cached" in err or f"{done + 1}/32 chunks already cached" in err
+    lines = (run_dir / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]

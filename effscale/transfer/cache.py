@@ -35,7 +35,10 @@ from effscale.fsutil import append_line, atomic_write_json
 
 VIEWS = ("image", "flip")
 DTYPE = np.float16
+# Images per chunk: what a kill during the caching pass can lose (about a minute of a
+# 224 px Lite0 prefix on two CPU cores, both views). EFFSCALE_CACHE_CHUNK overrides it.
 DEFAULT_CHUNK = 1024
+CHUNK_ENV = "EFFSCALE_CACHE_CHUNK"
 # Above this many bytes the activations are memory-mapped instead of read into RAM. 2 GiB
 # keeps a 224 px Lite0 top-blocks cache of CIFAR-10's validation split (0.4 GB) and the
 # pooled features of any split in RAM, and leaves the 1.9 GB training cache of
@@ -95,10 +98,23 @@ class ActivationCache:
     """One cache: ``(views, num_images, *shape)`` float16 activations under ``root/key``."""
 
     def __init__(self, root: str | os.PathLike, key: str, num_images: int, shape: Sequence[int],
-                 views: Sequence[str] = VIEWS, chunk: int = DEFAULT_CHUNK):
+                 views: Sequence[str] = VIEWS, chunk: int | None = None):
         self.root, self.key = Path(root), key
         self.num_images, self.shape = int(num_images), tuple(int(s) for s in shape)
-        self.views, self.chunk = tuple(views), int(chunk)
+        self.views = tuple(views)
+        if chunk is None:
+            env = os.environ.get(CHUNK_ENV, "")
+            chunk = int(env) if env.isdigit() and int(env) > 0 else DEFAULT_CHUNK
+        self.chunk = int(chunk)
+        stored = self._stored_meta()
+        if stored is not None and stored.get("chunk") and {**stored, "chunk": self.chunk} == self._meta():
+            self.chunk = int(stored["chunk"])  # a partly filled cache keeps the chunking it was started with
+
+    def _stored_meta(self) -> dict | None:
+        try:
+            return json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
     @property
     def path(self) -> Path:
@@ -129,11 +145,7 @@ class ActivationCache:
         log = self.path / "done.log"
         if not log.is_file() or not self.data_path.is_file():
             return set()
-        try:
-            meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return set()
-        if meta != self._meta():
+        if self._stored_meta() != self._meta():
             return set()
         done = set()
         for line in log.read_text(encoding="utf-8").split("\n")[:-1]:  # an unterminated last line is torn
