@@ -4,7 +4,7 @@ over two logical CPU devices, and Keras's DataParallel under JAX over two host d
 Each run happens in its own subprocess (device counts are fixed when the backend starts).
 The checks: every global batch is split in two per-replica halves, the metrics are
 aggregated over both replicas, and the history matches a one-replica run of the same
-seed within float tolerance. Dropout, stochastic depth and augmentation are off and
+seed within tolerance (JAX: float rounding; TensorFlow: see its test). Dropout, stochastic depth and augmentation are off and
 BatchNorm is frozen, so the only difference left between the runs is the order in
 which per-replica gradients and metric sums are added. The optimizer is SGD: Adam's first
 steps move every weight by about the learning rate whatever the gradient's size, so a
@@ -23,6 +23,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from effscale.net.arch import NetworkSpec, StageSpec
@@ -72,7 +73,7 @@ SCRIPT = textwrap.dedent("""
     config = resolve_transfer_config("default", "smoke", variant=variant, strategy="full", epochs=2,
                                      batch_size=%(batch)d, limit_train=%(images)d, limit_val=64, augment=(),
                                      dropout=0.0, freeze_bn=True, optimizer="sgd",
-                                     learning_rate=0.05)
+                                     learning_rate=0.5)
     from pathlib import Path
     run = RunDir(Path(run_dir))
     run.path.mkdir(parents=True, exist_ok=True)
@@ -101,19 +102,36 @@ def _run(tmp_path: Path, backend: str, replicas: int) -> tuple[list[dict], dict]
                            str(_variant(tmp_path / "tiny.json")), str(out)],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    print(backend, replicas, (run_dir / "history.csv").read_text())
     with open(run_dir / "history.csv", encoding="utf-8") as handle:
         history = list(csv.DictReader(handle))
     return history, json.loads(out.read_text())
 
 
-def _same_history(one: list[dict], two: list[dict]) -> None:
+def _weights(run_dir: Path) -> list:
+    import keras
+
+    return keras.models.load_model(run_dir / "checkpoints" / "last.keras", compile=False).get_weights()
+
+
+def _same_weights(tmp_path: Path, backend: str, tolerance: float) -> None:
+    """Every trained weight agrees within ``tolerance`` of its tensor's scale, and the head
+    (zero before training) moved: a gradient summed over replicas instead of averaged
+    would double every SGD step and fail this."""
+    one, two = _weights(tmp_path / f"{backend}-1"), _weights(tmp_path / f"{backend}-2")
+    assert np.abs(one[-2]).max() > 1e-3  # the Dense kernel trained
+    for a, b in zip(one, two):
+        scale = max(float(np.abs(a).max()), 1e-2)  # near-zero biases: compare on the weights' scale
+        assert float(np.abs(a - b).max()) <= tolerance * scale
+
+
+def _same_history(one: list[dict], two: list[dict], rel: float, exact_accuracy: bool) -> None:
     assert [r["epoch"] for r in one] == [r["epoch"] for r in two] == ["1", "2"]
     for a, b in zip(one, two):
         for key in ("loss", "val_loss"):
-            assert float(b[key]) == pytest.approx(float(a[key]), rel=2e-3, abs=2e-4), key
-        for key in ("accuracy", "val_accuracy"):  # one image may flip on a near-tie
-            assert abs(float(b[key]) - float(a[key])) <= 1 / 64 + 1e-9, key
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=rel), key
+        if exact_accuracy:
+            for key in ("accuracy", "top5", "val_accuracy", "val_top5"):
+                assert float(b[key]) == float(a[key]), key
 
 
 def test_tensorflow_two_logical_cpus_split_batches_and_match_one_replica(tmp_path):
@@ -123,7 +141,12 @@ def test_tensorflow_two_logical_cpus_split_batches_and_match_one_replica(tmp_pat
     # Every step ran on both replicas, each with half the global batch.
     assert sorted(r for _, r in info["seen"]) == [0] * steps + [1] * steps
     assert {n for n, _ in info["seen"]} == {BATCH // 2}
-    _same_history(one, two)
+    # MirroredStrategy adds the replicas' gradients in another order than one device sums
+    # a batch, and this tiny network is still near chance after eight steps, where those
+    # last-bit differences decide ties: measured here, weights agree within 0.5% of their
+    # scale and losses within 0.1%; accuracies at chance are not compared.
+    _same_history(one, two, rel=2e-3, exact_accuracy=False)
+    _same_weights(tmp_path, "tensorflow", tolerance=2e-2)
 
 
 def test_jax_two_host_devices_split_batches_and_match_one_replica(tmp_path):
@@ -136,4 +159,6 @@ def test_jax_two_host_devices_split_batches_and_match_one_replica(tmp_path):
     for shards in info["seen"]:
         assert len(shards) == 2 and len({d for _, d in shards}) == 2  # two devices, one half each
         assert shards[0][0] == shards[1][0]
-    _same_history(one, two)
+    # JAX reduces the two shards' gradients as one batch: the runs agree to float rounding.
+    _same_history(one, two, rel=1e-5, exact_accuracy=True)
+    _same_weights(tmp_path, "jax", tolerance=1e-4)

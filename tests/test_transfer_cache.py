@@ -200,8 +200,6 @@ def test_changed_weights_file_or_image_size_is_never_served_a_stale_cache(run_cl
     assert code == 0 and "reused from the cache" not in err and len(list(roots.iterdir())) == 4
     code, _, err = run_cli(*_tiny_args(tmp_path, tmp_path / "c", *probe, "--image-size", "40"))
     assert code == 0 and "reused from the cache" not in err and len(list(roots.iterdir())) == 6
-    code, _, err = run_cli(*_tiny_args(tmp_path, tmp_path / "d", *probe, "--image-size", "40"))
-    assert code == 0 and "train activations" in err and "reused from the cache" in err
 
 
 @pytest.mark.slow
