@@ -186,14 +186,17 @@ def test_linear_probe_trains_only_the_head_on_cached_features(run_cli, tiny, tmp
     code, _, err = run_cli(*base_args(tiny, run_dir, "--strategy", "linear-probe", "--weights",
                                       str(tmp_path / "pre.weights.h5"), "--epochs", "3", "--lr", "0.01"))
     assert code == 0, err
-    assert "train features (32 per image): computed once and cached" in err
+    assert "train activations (32 per image and view" in err and "computed once and cached" in err
     state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
-    feats = np.load(state["extra"]["features_train"])
-    assert feats.shape == (192, 32) and Path(state["extra"]["features_train"]).parent == tmp_path / "cache" / "features"
-    # A second probe of the same backbone on the same images (another learning rate) reuses them.
+    feats = np.load(Path(state["extra"]["activations_train"]) / "activations.npy")
+    assert feats.shape == (2, 192, 32)  # image and flip
+    assert Path(state["extra"]["activations_train"]).parent == tmp_path / "cache" / "activations"
+    # The probe is one L-BFGS fit (its L2 tuned on held-out training images), not epochs.
+    assert state["epoch"] == 1 and state["extra"]["probe"]["l2"] > 0
+    # A second run of the same backbone on the same images (another head) reuses them.
     code, _, err = run_cli(*base_args(tiny, tmp_path / "run2", "--strategy", "linear-probe", "--weights",
-                                      str(tmp_path / "pre.weights.h5"), "--epochs", "2", "--lr", "0.05"))
-    assert code == 0 and "train features (32 per image): reused from the cache" in err
+                                      str(tmp_path / "pre.weights.h5"), "--dropout", "0.3"))
+    assert code == 0 and "train activations (32 per image and view" in err and "reused from the cache" in err
     import keras
 
     trained = keras.models.load_model(run_dir / "checkpoints" / "last.keras").get_layer("efficientnet")

@@ -143,8 +143,16 @@ class TransferConfig:
             return ADAMW_WEIGHT_DECAY
         return self.weight_decay
 
+    @property
+    def cached_prefix(self) -> bool:
+        """Frozen-bottom strategies train their top on cached activations of the frozen
+        prefix, unless an augmentation other than flip/crop changes what the prefix sees."""
+        return self.strategy in ("linear-probe", "top-blocks", "last-layers") and set(self.augment) <= {"flip", "crop"}
+
     def phases(self) -> list[tuple[str, int, int]]:
         """``[(phase, first_epoch, end_epoch)]``; epochs are 0-based and global."""
+        if self.strategy == "linear-probe" and self.cached_prefix:
+            return [("head", 0, 1)]  # one L-BFGS fit to convergence (effscale.transfer.probe), not epochs
         if self.strategy == "full" and self.pretrained and 0 < self.warmup_epochs < self.epochs:
             return [("head", 0, self.warmup_epochs), ("all", self.warmup_epochs, self.epochs)]
         phase = {"full": "all", "top-blocks": "top-blocks", "linear-probe": "head",

@@ -10,8 +10,9 @@ input-range guard, 5. train phase by phase, 6. score the best checkpoint and wri
 
 The jobs around it each have their own module: ``model`` (assembly, weights),
 ``strategies`` (what is trained, optimizers), ``checkpoints`` (the commit protocol),
-``callbacks`` (the epoch callback and its console lines), ``features`` (the linear probe's
-feature cache). Keras 3 layers and ops only in the model; tf.data only inside
+``callbacks`` (the epoch callback and its console lines), ``cache`` and ``prefix`` (the
+cached frozen prefix of linear-probe, top-blocks and last-layers), ``probe`` (the tuned
+linear probe). Keras 3 layers and ops only in the model; tf.data only inside
 ``effscale.data`` under the TensorFlow backend.
 """
 
@@ -39,11 +40,11 @@ from effscale.transfer.config import TransferConfig  # noqa: E402
 from effscale.transfer.model import (  # noqa: E402
     BACKBONE, HEAD_LAYERS, build_transfer_model, load_backbone_weights,
 )
+from effscale.transfer.prefix import CachedTop, uses_cached_prefix  # noqa: E402
 from effscale.transfer.strategies import compile_model, configure_phase, make_optimizer  # noqa: E402
 
 log = logging.getLogger("effscale.transfer.train")
 
-PREDICT_BATCH = 512  # scoring the probe's head on cached features: large batches, tiny model
 
 
 class TrainingStopped(EffscaleError):
@@ -164,7 +165,9 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
         _input_guard(config, data.x_train[: config.batch_size].astype(np.float32))
 
     # 5. Train phase by phase; each epoch commits through the callback.
-    probe = _Probe(config, spec, image_size, ckpt) if config.strategy == "linear-probe" else None
+    # Frozen-bottom strategies train only the top, on activations of the frozen prefix
+    # computed once per image and view (effscale.transfer.prefix).
+    cached = CachedTop(config, spec, image_size, ckpt, HEAD_LAYERS) if uses_cached_prefix(config) else None
     bar = progress_bar() if progress else None
     if bar is not None:
         bar.start()
@@ -178,11 +181,11 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
             optimizer = model.optimizer if continuing and model.optimizer is not None else \
                 make_optimizer(config, phase, steps, end - first)
             callback = EpochCallback(config=config, checkpointer=ckpt, save_model=model, phase=phase,
-                                     total_epochs=config.epochs, steps=steps, num_images=len(data.y_train),
+                                     total_epochs=config.phases()[-1][2], steps=steps, num_images=len(data.y_train),
                                      num_classes=num_classes, progress=bar,
                                      bn_probe=_frozen_bn_probe(config, backbone, phase))
-            if probe is not None:
-                probe.fit(model, optimizer, data, start, end, callback)
+            if cached is not None:
+                cached.fit(model, backbone, optimizer, data, start, end, callback, phase, compile_model)
             else:
                 callbacks = [callback]  # first: its validation timer starts before the recalibration
                 if trains_batchnorm(backbone):
@@ -207,8 +210,8 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
     if best.is_file():
         model.load_weights(str(best))
         console.info(f"evaluating the best epoch ({ckpt.best_epoch}) on {len(data.y_val):,} validation images ...")
-        if probe is not None and probe.feats is not None:
-            probs = probe.predict(model)
+        if cached is not None:
+            probs = cached.predict(model, backbone, data)
         else:
             probs = model.predict(val_batches, verbose=0)
         metrics.update(evaluate_predictions(probs, data.y_val, num_classes))
@@ -257,55 +260,8 @@ def _frozen_bn_probe(config, backbone, phase):
     return frozen[-1], keras.ops.convert_to_numpy(frozen[-1].moving_mean).copy()
 
 
-class _Probe:
-    """The linear probe: backbone features computed once (and cached on disk), then only
-    the head is trained and scored on them."""
-
-    def __init__(self, config, spec, image_size, ckpt):
-        self.config, self.spec, self.image_size, self.ckpt = config, spec, image_size, ckpt
-        self.feats = None
-
-    def _head(self, model):
-        feats_in = keras.Input(shape=self.feats[0].shape[1:], name="features")
-        out = model.get_layer(HEAD_LAYERS[1])(model.get_layer(HEAD_LAYERS[0])(feats_in))
-        return keras.Model(feats_in, out, name="head")
-
-    def _features(self, model, data):
-        from effscale.transfer.features import feature_cache_dir, feature_cache_key, features
-
-        feature_model = keras.Model(model.input, model.get_layer(HEAD_LAYERS[0]).input)
-        cache = feature_cache_dir(self.config)
-        weights_info = self.ckpt.extra.get("weights", {})
-        t_feat = time.monotonic()
-        found = []
-        for split, x in (("train", data.x_train), ("val", data.x_val)):
-            key = feature_cache_key(self.config, self.spec, self.image_size, weights_info, x)
-            feats, hit = features(feature_model, x, self.config, data.num_classes, cache, key)
-            found.append(feats)
-            self.ckpt.extra[f"features_{split}"] = str(cache / f"{key}.npy")
-            console.info(f"{split} features ({feats.shape[1]} per image): "
-                         + ("reused from the cache" if hit else "computed once and cached"))
-        self.feats = tuple(found)
-        self.ckpt.extra["feature_time_s"] = round(time.monotonic() - t_feat, 3)
-
-    def fit(self, model, optimizer, data, start, end, callback) -> None:
-        if self.feats is None:
-            self._features(model, data)
-        trainer = self._head(model)
-        num_classes = data.num_classes
-        compile_model(trainer, self.config, optimizer, num_classes)
-        compile_model(model, self.config, optimizer, num_classes)  # so checkpoints carry the optimizer
-        eye = np.eye(num_classes, dtype=np.float32)
-        trainer.fit(self.feats[0], eye[data.y_train], batch_size=self.config.batch_size, shuffle=True,
-                    validation_data=(self.feats[1], eye[data.y_val]), initial_epoch=start, epochs=end,
-                    verbose=0, callbacks=[callback])
-
-    def predict(self, model):
-        return self._head(model).predict(self.feats[1], batch_size=PREDICT_BATCH, verbose=0)
-
-
 def _summary(config, ckpt, model, data, name, image_size) -> dict:
-    metrics = {"status": ckpt.status.value, "epochs_planned": config.epochs, "epochs_done": ckpt.epochs_done,
+    metrics = {"status": ckpt.status.value, "epochs_planned": config.phases()[-1][2], "epochs_done": ckpt.epochs_done,
                "best_epoch": ckpt.best_epoch, "variant": name, "image_size": image_size,
                "dataset": data.summary(), "class_names": list(data.class_names),
                "weights": ckpt.extra.get("weights", {}), "params": ckpt.extra["params"],

@@ -1,0 +1,139 @@
+"""Cached frozen prefix against running the frozen bottom every epoch. Prints ratios.
+
+    python benchmarks/transfer_cache.py                          # Lite0, 160 px, top-blocks 2
+    python benchmarks/transfer_cache.py --image-size 224 --images 512 --rounds 3
+
+Same model (Lite0 with its registry ImageNet weights, ``top-blocks N`` trainable, frozen
+BatchNorm), same CIFAR-10 images, same batch size, same optimizer:
+
+* uncached epoch: ``model.fit`` on the transfer model (uint8 32x32 -> Resizing -> the whole
+  backbone, the frozen prefix included, every step), flip augmentation;
+* cached epoch: ``top.fit`` on the cached prefix activations (one view drawn per image),
+  what ``effscale transfer --strategy top-blocks`` now does;
+* caching pass: the prefix once over every image and its flip (paid once per cache key).
+
+The two epochs alternate ``--rounds`` times after one untimed warm-up each (tracing), so
+load from other processes on a shared CPU hits both alike; the ratio of each round is
+reported with the median and the range, in wall time and in process CPU time.
+Real CIFAR-10 from ../shared/data (EFFSCALE_SHARED_DATA) when present, synthetic otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("EFFSCALE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _timed(fn) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variant", default="lite0")
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from effscale.backend import set_defaults
+
+    set_defaults()
+    import keras
+
+    from effscale.data.datasets import load_dataset, make_batches
+    from effscale.schemas import resolve_network
+    from effscale.transfer.cache import ActivationCache, cache_key
+    from effscale.transfer.config import TransferConfig
+    from effscale.transfer.model import HEAD_LAYERS, build_transfer_model, load_backbone_weights
+    from effscale.transfer.prefix import CachedEpochs, cut_layer, split_model
+    from effscale.transfer.strategies import compile_model, configure_phase, make_optimizer
+
+    tar = SHARED / "cifar10-jpeg.tar.gz"
+    data = load_dataset(str(tar) if tar.is_file() else "synthetic", limit_train=args.images, limit_val=64, seed=0)
+    config = TransferConfig(variant=args.variant, weights=args.variant, image_size=args.image_size,
+                            strategy="top-blocks", blocks=args.blocks, augment=("flip",),
+                            batch_size=args.batch_size)
+    name, spec = resolve_network(args.variant)
+    keras.utils.set_random_seed(0)
+    model, backbone = build_transfer_model(config, spec, data.image_shape, data.num_classes, args.image_size)
+    load_backbone_weights(backbone, config.weights, name, spec)
+    configure_phase(model, backbone, config, "top-blocks")
+    steps = -(-len(data.y_train) // args.batch_size)
+    optimizer = make_optimizer(config, "top-blocks", steps, 1000)
+    compile_model(model, config, optimizer, data.num_classes)
+    cut = cut_layer(backbone, "top-blocks")
+    prefix, top = split_model(model, backbone, cut, HEAD_LAYERS)
+    compile_model(top, config, optimizer, data.num_classes)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shape = tuple(int(d) for d in prefix.output.shape[1:])
+        key = cache_key({"bench": True}, data.x_train, [])
+        cache = ActivationCache(tmp, key, len(data.y_train), shape)
+        fill_wall, fill_cpu = _timed(lambda: cache.fill(
+            data.x_train, lambda x: prefix.predict(x.astype(np.float32), batch_size=128, verbose=0)))
+        store = cache.load()
+
+        uncached_batches = make_batches(data.x_train, data.y_train, batch_size=args.batch_size,
+                                        num_classes=data.num_classes, training=True, augment=("flip",), seed=0,
+                                        deterministic=True)
+
+        def uncached():
+            model.fit(uncached_batches, epochs=1, verbose=0, shuffle=False)
+
+        def cached(epoch=[0]):  # noqa: B006 - a counter: each cached epoch draws its own order
+            epoch[0] += 1
+            top.fit(CachedEpochs(store, data.y_train, data.num_classes, args.batch_size, 0, epoch[0], [0, 1]),
+                    epochs=1, verbose=0, shuffle=False)
+
+        uncached()  # warm-up: tracing
+        cached()
+        rounds = []
+        for _ in range(args.rounds):
+            u = _timed(uncached)
+            c = _timed(cached)
+            rounds.append({"uncached_s": round(u[0], 3), "cached_s": round(c[0], 3), "ratio": round(c[0] / u[0], 4),
+                           "uncached_cpu_s": round(u[1], 3), "cached_cpu_s": round(c[1], 3),
+                           "cpu_ratio": round(c[1] / u[1], 4)})
+    ratios = [r["ratio"] for r in rounds]
+    cpu_ratios = [r["cpu_ratio"] for r in rounds]
+    median_uncached = statistics.median(r["uncached_s"] for r in rounds)
+    result = {
+        "variant": name, "image_size": args.image_size, "blocks": args.blocks, "cut": cut,
+        "activation_shape": list(shape), "images": len(data.y_train), "batch_size": args.batch_size,
+        "cache_mib": round(cache.nbytes / 2**20, 1),
+        "caching_pass_s": round(fill_wall, 2), "caching_pass_cpu_s": round(fill_cpu, 2),
+        "caching_pass_in_uncached_epochs": round(fill_wall / median_uncached, 2),
+        "rounds": rounds,
+        "ratio_median": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
+        "cpu_ratio_median": statistics.median(cpu_ratios), "cpu_ratio_range": [min(cpu_ratios), max(cpu_ratios)],
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps(result, indent=2))
+    print(f"cached/uncached epoch time: {result['ratio_median']:.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, "
+          f"{args.rounds} rounds); CPU time {result['cpu_ratio_median']:.3f} "
+          f"(range {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}); caching pass = "
+          f"{result['caching_pass_in_uncached_epochs']:.2f} uncached epochs")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Training the trainable top on cached activations of the frozen prefix.
+
+For every strategy that freezes the bottom of the network (linear-probe, top-blocks N,
+last-layers N) the model is cut where the frozen part ends:
+
+* ``prefix``: native images -> Resizing -> backbone up to the cut (inference mode);
+* ``top``: cut activations -> the rest of the backbone -> dropout -> dense.
+
+The prefix runs once per image and per view (image, horizontal flip), stored by
+``effscale.transfer.cache``; the top shares its layers with the full model, so training it
+trains the model that is checkpointed. Each epoch shows every training image once, in one
+view drawn per image from ``(seed, epoch)`` (the flip augmentation, resumable exactly);
+validation averages the softmax over both views. ``linear-probe`` does not train by epochs
+at all: ``effscale.transfer.probe`` fits the head by L-BFGS, its L2 tuned on held-out
+training images, and the result is committed as one epoch.
+
+Augmentations other than the flip change the pixels the prefix sees, so they cannot be
+cached: ``crop`` is dropped here (documented), and a run asking for rotate, zoom or
+normalize keeps the uncached path (``uses_cached_prefix``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from effscale.backend import set_defaults
+
+set_defaults()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from effscale import console  # noqa: E402
+from effscale.transfer.cache import VIEWS, ActivationCache, cache_key, epoch_order, gather  # noqa: E402
+
+log = logging.getLogger("effscale.transfer.train")
+
+PREFIX_BATCH = 128  # the caching pass is inference only: larger batches, no gradients
+PREDICT_BATCH = 512
+
+
+def uses_cached_prefix(config) -> bool:
+    return config.cached_prefix
+
+
+def cut_layer(backbone, phase: str) -> str | None:
+    """The backbone layer whose output feeds the trainable top; None when nothing is frozen.
+
+    Cuts fall on block boundaries (the last layer of a block) or at the backbone's output,
+    because a residual connection inside a block would otherwise cross the cut. The cut is
+    the deepest boundary below every trainable layer with weights.
+    """
+    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    trainable = [i for i, layer in enumerate(layers) if layer.trainable and layer.weights]
+    if phase == "head" or not trainable:
+        return layers[-1].name
+    first = trainable[0]
+    boundaries = []
+    for i, layer in enumerate(layers):
+        prefix = layer.name.split("_", 1)[0]
+        following = layers[i + 1].name.split("_", 1)[0] if i + 1 < len(layers) else None
+        if prefix.startswith("block") and following != prefix:
+            boundaries.append(i)
+    below = [i for i in boundaries if i < first]
+    return layers[below[-1]].name if below else None
+
+
+def split_model(model, backbone, cut: str, head_layers: tuple[str, str]):
+    """``(prefix, top)`` Keras models around ``cut``, sharing the layers of ``model``."""
+    cut_tensor = backbone.get_layer(cut).output
+    native = keras.Input(shape=model.input.shape[1:], name="images")
+    x = native
+    if "resize" in {layer.name for layer in model.layers}:
+        x = model.get_layer("resize")(x)
+    prefix = keras.Model(native, keras.Model(backbone.input, cut_tensor, name="frozen")(x), name="prefix")
+    top_in = keras.Input(shape=cut_tensor.shape[1:], name="activations")
+    y = top_in
+    if cut != backbone.layers[-1].name:
+        y = keras.Model(cut_tensor, backbone.output, name="top_blocks")(y)
+    for name in head_layers:
+        y = model.get_layer(name)(y)
+    return prefix, keras.Model(top_in, y, name="top")
+
+
+class CachedEpochs(keras.utils.PyDataset):
+    """One epoch of cached activations: every image once, in its drawn view."""
+
+    def __init__(self, store, labels, num_classes, batch_size, seed, epoch, views):
+        super().__init__()
+        self.store, self.labels, self.batch_size = store, labels, batch_size
+        self.eye = np.eye(num_classes, dtype=np.float32)
+        self.order, drawn = epoch_order(len(labels), len(views), seed, epoch)
+        self.views = np.asarray(views)[drawn]
+
+    def __len__(self):
+        return -(-len(self.labels) // self.batch_size)
+
+    def __getitem__(self, i):
+        pick = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        order = self.order[pick]
+        return gather(self.store, order, self.views[pick]), self.eye[self.labels[order]]
+
+
+class FlipAveragedValidation(keras.callbacks.Callback):
+    """Validation on both cached views, softmax averaged: the score the final model gets.
+    Runs before the epoch callback and writes its ``val_*`` entries into the epoch's logs."""
+
+    def __init__(self, cached, epoch_callback):
+        super().__init__()
+        self.cached, self.epoch_callback = cached, epoch_callback
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        self.epoch_callback.on_test_begin()  # the epoch's training time ends here
+        logs.update(self.cached.validation_logs())
+
+
+class CachedTop:
+    """The training step of frozen-bottom strategies (the drop-in for the uncached fit)."""
+
+    def __init__(self, config, spec, image_size, ckpt, head_layers):
+        self.config, self.spec, self.image_size, self.ckpt = config, spec, image_size, ckpt
+        self.head_layers = head_layers
+        self.top = None
+        self.stores: dict[str, np.ndarray] = {}
+        self.labels: dict[str, np.ndarray] = {}
+        self.num_classes = 0
+
+    @property
+    def feats(self):
+        """Non-None once the activations are available (train.py's test for this path)."""
+        return self.stores or None
+
+    def train_views(self) -> list[int]:
+        return [0, 1] if "flip" in self.config.augment else [0]
+
+    # -- the caching pass ---------------------------------------------------------------
+    def _cache_root(self):
+        from pathlib import Path
+
+        from effscale.data.datasets import default_cache_dir
+
+        base = Path(self.config.cache_dir).expanduser() if self.config.cache_dir else default_cache_dir()
+        return base.parent / "activations"
+
+    def prepare(self, model, backbone, phase: str, data) -> None:
+        cut = cut_layer(backbone, phase)
+        prefix, self.top = split_model(model, backbone, cut, self.head_layers)
+        self.num_classes = data.num_classes
+        if self.stores:
+            return
+        shape = tuple(int(d) for d in prefix.output.shape[1:])
+        describe = {"network": self.spec.to_dict(), "image_size": self.image_size, "cut": cut,
+                    "pooling": self.config.pooling, "precision": self.config.precision,
+                    "backend": keras.backend.backend()}
+        weights = [keras.ops.convert_to_numpy(w) for w in prefix.weights]
+        t0 = time.monotonic()
+        for split, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val)):
+            key = cache_key(describe, x, weights)
+            cache = ActivationCache(self._cache_root(), key, len(x), shape)
+            done = len(cache.done_chunks())
+            size = f"{cache.nbytes / 2**20:,.0f} MiB"
+            if done < cache.num_chunks:
+                console.info(f"{split}: caching the frozen prefix (up to {cut}, {'x'.join(map(str, shape))} per "
+                             f"image, {len(VIEWS)} views, {size} float16)"
+                             + (f", {done}/{cache.num_chunks} chunks already cached" if done else ""))
+            cache.fill(x, lambda images: prefix.predict(images.astype(np.float32), batch_size=PREFIX_BATCH,
+                                                        verbose=0))
+            self.stores[split] = cache.load()
+            self.labels[split] = np.asarray(y, dtype=np.int64)
+            where = "memory-mapped" if cache.memory_mapped() else "in RAM"
+            console.info(f"{split} activations ({'x'.join(map(str, shape))} per image and view, {size}, {where}): "
+                         + ("reused from the cache" if done == cache.num_chunks else "computed once and cached"))
+            self.ckpt.extra[f"activations_{split}"] = str(cache.path)
+        self.ckpt.extra["cut"] = cut
+        self.ckpt.extra["prefix_time_s"] = round(self.ckpt.extra.get("prefix_time_s", 0.0) + time.monotonic() - t0, 3)
+        if "crop" in self.config.augment:
+            console.info("cached prefix: training sees the image and its flip; crop is not applied (it would "
+                         "change what the frozen prefix computes)")
+
+    # -- training -----------------------------------------------------------------------
+    def validation_logs(self) -> dict:
+        probs = self.predict_split("val")
+        labels = self.labels["val"]
+        picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+        top5 = np.argsort(-probs, axis=1)[:, : min(5, self.num_classes)]
+        return {"val_loss": float(-np.log(picked).mean()),
+                "val_accuracy": float((probs.argmax(axis=1) == labels).mean()),
+                "val_top5": float((top5 == labels[:, None]).any(axis=1).mean())}
+
+    def predict_split(self, split: str) -> np.ndarray:
+        store = self.stores[split]
+        probs = 0.0
+        for view in range(store.shape[0]):
+            probs = probs + self.top.predict(np.asarray(store[view], dtype=np.float32), batch_size=PREDICT_BATCH,
+                                             verbose=0)
+        return np.asarray(probs, dtype=np.float64) / store.shape[0]
+
+    def fit(self, model, backbone, optimizer, data, start, end, callback, phase, compile_model) -> None:
+        self.prepare(model, backbone, phase, data)
+        compile_model(self.top, self.config, optimizer, data.num_classes)
+        compile_model(model, self.config, optimizer, data.num_classes)  # so checkpoints carry the optimizer
+        if self.config.strategy == "linear-probe":
+            self._fit_probe(model, start, callback)
+            return
+        validation = FlipAveragedValidation(self, callback)
+        for epoch in range(start, end):
+            batches = CachedEpochs(self.stores["train"], self.labels["train"], data.num_classes,
+                                   self.config.batch_size, self.config.seed, epoch, self.train_views())
+            self.top.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False,
+                         callbacks=[validation, callback])
+            if callback.nan_at is not None or self.top.stop_training:
+                return
+
+    def _fit_probe(self, model, start, callback) -> None:
+        from effscale.transfer.probe import fit_probe
+
+        train = np.asarray(self.stores["train"][self.train_views()], dtype=np.float32)
+        callback.set_model(self.top)
+        callback.on_epoch_begin(start)
+        probe = fit_probe(train, self.labels["train"], self.num_classes, seed=self.config.seed,
+                          log=console.info)
+        del train
+        model.get_layer(self.head_layers[1]).set_weights([probe.kernel, probe.bias])
+        console.info(f"probe: L2 {probe.l2:g} chosen on {100 * 0.1:.0f}% held-out training images, refitted on "
+                     f"all ({probe.iterations} L-BFGS steps)")
+        self.ckpt.extra["probe"] = {"l2": probe.l2, "holdout_top1": {str(k): v for k, v in probe.holdout.items()},
+                                    "iterations": probe.iterations}
+        labels = self.labels["train"]
+        probs = probe.predict_proba(np.asarray(self.stores["train"][0], dtype=np.float32))
+        picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+        top5 = np.argsort(-probs, axis=1)[:, : min(5, self.num_classes)]
+        logs = {"loss": float(-np.log(picked).mean()), "accuracy": float((probs.argmax(1) == labels).mean()),
+                "top5": float((top5 == labels[:, None]).any(axis=1).mean())}
+        callback.on_test_begin()
+        logs.update(self.validation_logs())
+        callback.on_epoch_end(start, logs)
+
+    def predict(self, model, backbone, data) -> np.ndarray:
+        """Flip-averaged validation probabilities of ``model``'s current weights."""
+        if self.top is None:  # a resumed run whose epochs were all committed already
+            self.prepare(model, backbone, self.config.phases()[-1][0], data)
+        return self.predict_split("val")
