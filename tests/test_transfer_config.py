@@ -84,7 +84,9 @@ def test_phases():
     scratch = TransferConfig(weights="none")
     assert scratch.phases() == [("all", 0, 10)] and not scratch.bn_frozen
     assert TransferConfig().bn_frozen
-    assert TransferConfig(strategy="linear-probe").phases() == [("head", 0, 10)]
+    # The cached-prefix probe is one L-BFGS fit; a probe that cannot use the cache trains epochs.
+    assert TransferConfig(strategy="linear-probe").phases() == [("head", 0, 1)]
+    assert TransferConfig(strategy="linear-probe", augment=("randaugment",)).phases() == [("head", 0, 10)]
     assert TransferConfig(strategy="top-blocks", blocks=3).phases() == [("top-blocks", 0, 10)]
     two = TransferConfig()
     assert two.phase_learning_rate("head") == two.learning_rate

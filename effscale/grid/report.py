@@ -2,9 +2,9 @@
 
 * ``ranking(space, trials, num_classes)``: one row per candidate and reference row, ranked
   by the highest rung reached, then mean validation accuracy over seeds;
-  ``paired_statistics(rows, trials, run)`` gives each row its accuracy with a 95% interval and its difference to the leader of its
-  rung with a paired bootstrap interval (``grid.stats``); ``tied`` marks the rows whose
-  difference interval contains 0.
+  ``paired_statistics(rows, trials, run)`` gives each row its accuracy with a 95% interval
+  and its difference to its rung's leader with a paired bootstrap interval (``grid.stats``);
+  ``tied`` marks the rows whose difference interval contains 0.
 * ``summary``: the verdict (chosen row, tie set, rule, one sentence), and the compute
   halving saved (training images seen against the full schedule on the same rows).
 * ``write_reports``: reports/trials.csv, ranking.csv, ranking.md, ranking.json, the plots
@@ -25,9 +25,9 @@ from effscale.console import Column, fmt_float
 from effscale.fsutil import atomic_write_json, atomic_write_text
 from effscale.grid import stats
 from effscale.grid.config import GridConfig
-from effscale.grid.search import SearchSpace, candidate_cost
-from effscale.runs import RunDir
+from effscale.grid.search import SearchSpace, candidate_cost, next_candidates
 from effscale.grid.trials import TrialStatus, TrialStore, timing_summary
+from effscale.runs import RunDir
 
 
 
@@ -143,7 +143,7 @@ def summary(space: SearchSpace, trials: dict, rows: list[dict], verdict: dict | 
         "complete": statuses.count(TrialStatus.COMPLETE),
         "failed": statuses.count(TrialStatus.FAILED),
         "running": statuses.count(TrialStatus.RUNNING),
-        "finished": not statuses.count(TrialStatus.RUNNING) and bool(trials) and _search_done(space, trials),
+        "finished": not statuses.count(TrialStatus.RUNNING) and bool(trials) and not next_candidates(space, trials),
         "images_seen": images,
         "images_full_schedule": full,
         "images_ratio": images / full if full else None,
@@ -161,12 +161,6 @@ def chosen_row(rows: list[dict], verdict: dict | None) -> dict | None:
     chosen = (verdict or {}).get("chosen")
     found = next((r for r in rows if r["candidate"] == chosen), None)
     return found or (rows[0] if rows and rows[0]["acc_mean"] is not None else None)
-
-
-def _search_done(space: SearchSpace, trials: dict) -> bool:
-    from effscale.grid.search import next_candidates
-
-    return not next_candidates(space, trials)
 
 
 def _pct(value) -> str:
