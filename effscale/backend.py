@@ -35,7 +35,7 @@ def set_defaults() -> None:
 
 
 @contextlib.contextmanager
-def _native_stderr_captured():
+def native_stderr_captured():
     """Point descriptor 2 at a temporary file for the duration; keep what was written."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -64,7 +64,7 @@ class _QuietTensorFlow(importlib.abc.MetaPathFinder):
             execute = spec.loader.exec_module
 
             def exec_module(module):
-                with _native_stderr_captured():
+                with native_stderr_captured():
                     execute(module)
 
             spec.loader.exec_module = exec_module

@@ -122,3 +122,22 @@ def test_bench_measures_a_small_model(run_cli, tmp_path):
     assert record["mem_mb"] > 0 and record["tf_intra_op"] == 1
     assert plot.stat().st_size > 1000
     assert not math.isnan(record["p50_ms"])
+
+
+@pytest.mark.slow
+def test_isolated_bench_keeps_tensorflow_notices_off_the_console(tmp_path):
+    """The default path measures in a spawned process; TensorFlow's C++ start-up and
+    first-op notices from that process must not interleave with the table."""
+    import os
+    import subprocess
+    import sys
+
+    tiny = str(write_tiny_variant(tmp_path / "tiny.json"))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "effscale", "bench", "--variant", tiny, "--resolution", "32",
+                           "--runs", "30", "--throughput-batch", "0", "--threads", "1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    both = proc.stdout + proc.stderr
+    assert "tiny@32" in proc.stdout
+    assert "absl::InitializeLog" not in both and "oneDNN" not in both

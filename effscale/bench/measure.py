@@ -192,5 +192,12 @@ def measure_isolated(target: Target, settings: BenchSettings) -> dict:
 
 
 def _child_entry(target: Target, settings: BenchSettings) -> dict:
-    info = set_threads(settings.threads)  # before TensorFlow runs its first op
-    return measure(target, settings) | info
+    from effscale.backend import native_stderr_captured, set_defaults
+
+    set_defaults()
+    # TensorFlow's C++ notices (absl, oneDNN) come at import and again at the first op;
+    # in the parent they go to the run log, here they would interleave with the table.
+    # Errors still reach the parent as exceptions through the pool.
+    with native_stderr_captured():
+        info = set_threads(settings.threads)  # before TensorFlow runs its first op
+        return measure(target, settings) | info
