@@ -57,6 +57,20 @@ def test_compare_counts_agreement_and_largest_difference():
     result = compare(ref, cand, labels=np.array([0, 1, 0, 0]))
     assert result["agreement"] == 0.75 and result["max_abs_diff"] == pytest.approx(0.2)
     assert result["keras_top1"] == 0.75 and result["artifact_top1"] == 0.5
+    assert result["top1_difference"] == -0.25
+
+
+def test_paired_interval_reflects_only_images_where_models_differ():
+    from effscale.export.verify import paired_difference_ci
+
+    same = np.array([1, 0, 1, 1] * 100, dtype=bool)
+    assert paired_difference_ci(same, same) == [0.0, 0.0]  # identical answers: no noise at all
+    worse = same.copy()
+    worse[:20] = False  # 15 images flip from right to wrong: -3.75 points
+    lo, hi = paired_difference_ci(worse, same)
+    assert lo < -0.0375 < hi < 0  # an honest interval around the true drop, excluding 0
+    # An unpaired view (two binomials of 400) would be about +-6 points wide; paired is far tighter.
+    assert hi - lo < 0.05
 
 
 def test_export_bad_input(run_cli, tmp_path):

@@ -121,7 +121,10 @@ def _tflite_bytes(saved_model: Path, quantize: str, calibration: np.ndarray | No
         # uint8 in: pixels 0-255 are exact; float out: probabilities comparable with Keras.
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
-    return converter.convert()
+    from effscale.backend import native_stderr_captured
+
+    with native_stderr_captured():  # the converter's native progress lines
+        return converter.convert()
 
 
 def _onnx_from_saved_model(saved: Path, out: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from effscale.backend import native_stderr_captured
 from effscale.errors import EffscaleError
 from effscale.export.artifacts import ArtifactError
 
@@ -103,8 +104,9 @@ class TFLiteRunner(Runner):
         except ImportError:  # the LiteRT package is optional; TensorFlow still ships one
             from tensorflow.lite import Interpreter
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=effective_threads(threads))
-            self.interpreter.allocate_tensors()
+            with native_stderr_captured():  # LiteRT's "Created ... XNNPACK delegate" notice
+                self.interpreter = Interpreter(model_path=str(path), num_threads=effective_threads(threads))
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ArtifactError(f"cannot load TFLite model {path}: {_one_line(exc)}") from None
         self.inp = self.interpreter.get_input_details()[0]
@@ -115,7 +117,8 @@ class TFLiteRunner(Runner):
         super().prepare(batch)
         shape = [batch, self.input_size, self.input_size, 3]
         self.interpreter.resize_tensor_input(self.inp["index"], shape)
-        self.interpreter.allocate_tensors()
+        with native_stderr_captured():
+            self.interpreter.allocate_tensors()
         self.inp = self.interpreter.get_input_details()[0]
         self.out = self.interpreter.get_output_details()[0]
 

@@ -38,8 +38,20 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
               "max_abs_diff": float(np.abs(reference - candidate).max()),
               "mean_abs_diff": float(np.abs(reference - candidate).mean())}
     if labels is not None:
-        result |= {"keras_top1": float((ref_top == labels).mean()), "artifact_top1": float((cand_top == labels).mean())}
+        ref_ok, cand_ok = ref_top == labels, cand_top == labels
+        result |= {"keras_top1": float(ref_ok.mean()), "artifact_top1": float(cand_ok.mean()),
+                   "top1_difference": float(cand_ok.mean() - ref_ok.mean()),
+                   "top1_difference_ci": paired_difference_ci(cand_ok, ref_ok)}
     return result
+
+
+def paired_difference_ci(a: np.ndarray, b: np.ndarray, replicates: int = 2000, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of mean(a) - mean(b), resampling images in pairs:
+    both models saw the same images, so only the images where they differ carry noise."""
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(replicates, len(diff)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def verify(model, artifact: Path, kind: str, x: np.ndarray, labels=None, min_agreement: float = 0.99,
@@ -60,5 +72,7 @@ def verification_line(result: dict) -> str:
             f"of {result['images']} images (threshold {100 * result['min_agreement']:.1f}%), "
             f"max |diff| {result['max_abs_diff']:.2e}")
     if "keras_top1" in result:
-        line += f"; top-1 Keras {100 * result['keras_top1']:.1f}%, artifact {100 * result['artifact_top1']:.1f}%"
+        lo, hi = result["top1_difference_ci"]
+        line += (f"; top-1 Keras {100 * result['keras_top1']:.1f}%, artifact {100 * result['artifact_top1']:.1f}% "
+                 f"({100 * result['top1_difference']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}])")
     return line
