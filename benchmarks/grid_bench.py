@@ -1,4 +1,4 @@
-"""Benchmarks for ``effscale grid`` (issue #4, section 6). Prints ratios, not raw timings.
+"""Benchmarks for ``effscale grid``. Prints ratios, not raw timings.
 
 Two measurements:
 

@@ -1,4 +1,4 @@
-"""Does the proxy score measure the network or stale BatchNorm statistics? (issue #4, BatchNorm)
+"""Does the proxy score measure the network or stale BatchNorm statistics?
 
 Trains the default proxy base for one epoch (a rung-0 trial: ~60 steps) twice, with
 Keras's BatchNorm momentum 0.99 and with the grid's 0.9, and scores each trained network

@@ -1,4 +1,4 @@
-"""Transfer input pipeline and linear-probe benchmarks (issue #3, section 8). Prints ratios.
+"""Transfer input pipeline and linear-probe benchmarks. Prints ratios.
 
     python benchmarks/transfer_pipeline.py                  # all three, a few CPU minutes
     python benchmarks/transfer_pipeline.py efficiency probe  # a subset

@@ -1,4 +1,4 @@
-"""Weight import and evaluation preprocessing benchmarks (issue #5). Prints ratios.
+"""Weight import and evaluation preprocessing benchmarks. Prints ratios.
 
     python benchmarks/weights_import.py
 

@@ -17,7 +17,7 @@ IMAGENETTE = "imagenette-val-500.tar.gz"
 # Imagenette's 10 ImageNet classes (wnid -> ImageNet-1k index), from the tarball's README/CSV.
 IMAGENETTE_INDEX = {"n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
                     "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888257": 701}
-LITE0_MIN_TOP1 = 0.70  # issue #5: a correct port scores about 72-75% here, a wrong layout about 0%
+LITE0_MIN_TOP1 = 0.70  # a correct port scores about 72-75% here, a wrong layout about 0%
 
 
 # ---- label maps ----------------------------------------------------------------------------
@@ -166,7 +166,7 @@ def test_wrong_architecture_fails_before_loading_data(run_cli):
 
 @pytest.mark.slow
 def test_lite0_imported_weights_score_on_imagenette(run_cli, tmp_path):
-    """Issue #5 acceptance: >= 70% top-1 over all 1000 ImageNet classes (about 20 s on 2 CPUs)."""
+    """Imported Lite0 weights score >= 70% top-1 over all 1000 ImageNet classes (about 20 s on 2 CPUs)."""
     _need_lite("lite0")
     data = shared_file(IMAGENETTE)
     code, out, err = run_cli("evaluate", "--variant", "lite0", "--weights", "lite0", "--dataset", str(data),

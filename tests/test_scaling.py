@@ -31,7 +31,7 @@ ROUND_FILTERS = [
     (4, 1.0, 8),  # never below the divisor
 ]
 
-# The published table of the issue: (width, depth, resolution, dropout).
+# The published table (Tan & Le 2019; Keras applications): (width, depth, resolution, dropout).
 PUBLISHED = {
     "b0": (1.0, 1.0, 224, 0.2),
     "b1": (1.0, 1.1, 240, 0.2),

@@ -9,7 +9,7 @@ import pytest
 from effscale.transfer.config import RECIPES, TransferConfig, read_transfer_config, resolve_transfer_config
 from effscale.errors import ConfigError
 
-# The student group's settings as the issue states them; the seed recipe must match exactly.
+# The student group's settings as they reported them; the seed recipe must match exactly.
 SEED_EXPECTED = {
     "variant": "b0", "weights": "imagenet", "dataset": "cifar100", "image_size": 224, "pooling": "max",
     "strategy": "last-layers", "last_layers": 4, "optimizer": "rmsprop", "learning_rate": 0.0064,
