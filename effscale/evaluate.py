@@ -1,11 +1,11 @@
 """Score a model on labelled images: top-1, top-5, per-class accuracy, throughput.
 
-Two kinds of model (``load_model``):
+Two kinds of model:
 
-* a variant with weights: ``build_model(spec)`` with its 1000-class ImageNet head, then
-  ``effscale.weights.load.load_pretrained`` (``--variant lite0 --weights lite0``);
-* a saved ``.keras`` model, or a transfer run directory (its ``checkpoints/best.keras``
-  and the class names from ``metrics.json``).
+* ``model_from_variant``: ``build_model(spec)`` with the checkpoint's head (1000 classes
+  for ImageNet), then ``effscale.weights.load.load_state_dict`` (``--variant lite0 --weights lite0``);
+* ``model_from_file``: a saved ``.keras`` model, or a transfer run directory (its
+  ``checkpoints/best.keras`` and the class names from ``metrics.json``).
 
 Labels: a dataset's classes are its sorted folder names. A model's outputs are matched
 to them by name when the model knows its class names (a transfer run), through a label

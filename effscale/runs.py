@@ -7,10 +7,11 @@ inside a run: every file is one of its properties. Derived output (``reports/``,
 ``plots/``) can always be rebuilt from it. No Keras here.
 
 Resume order (after big_vision), the same for ``grid`` and ``transfer``:
-1. the run dir exists and ``RunDir.check_resume`` finds every setting unchanged -> resume;
-2. it exists with any setting changed (preset and recipe included) -> refuse with one line
-   naming that setting;
-3. it does not exist -> start fresh.
+1. ``--resume RUN_DIR`` opens the run (``open_run_dir``); if ``RunDir.check_resume`` finds
+   every setting unchanged -> resume;
+2. any setting changed (preset and recipe included) -> refuse with one line naming it;
+3. without ``--resume``, ``prepare_run_dir`` starts fresh and refuses an existing run
+   unless ``--overwrite``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The ``effscale`` click group: lazy subcommands and one way out for every error.
 
 Each subcommand lives in its own module (``effscale/cli/<name>.py``) and is imported only
-when invoked, so ``effscale --help`` and ``effscale scale`` never import Keras.
+when invoked, so ``effscale --help`` and ``effscale scale`` (without ``--build``) never
+import Keras.
 
 Error policy (docs/errors.md):
 * bad option values and usage: ``Error: ...`` on one line, exit 2;

@@ -47,8 +47,8 @@ def load_dataset(
 ) -> ImageDataset:
     """Load ``name`` ("cifar100", "cifar10", "synthetic", or an image folder / .tar.gz).
 
-    ``image_size`` only matters for image folders (the common stored size, see module
-    docstring); CIFAR stays 32x32 and synthetic is generated at ``image_size or 32``.
+    ``image_size`` only matters for image folders (the common stored size, see
+    ``effscale.data.folders``); CIFAR stays 32x32 and synthetic is generated at ``image_size or 32``.
     ``limit_train`` / ``limit_val`` keep a seeded random subset (order preserved).
     Raises ``DatasetError`` for image folders that cannot train (``records.check_classes``).
     """

@@ -1,6 +1,6 @@
 """Label maps: which model output each dataset folder is (``folder,class_index[,name]`` CSV).
 
-Used by ``effscale evaluate --label-map`` to score an ImageNet head on a folder dataset
+Used by ``--label-map`` (evaluate, export) to score an ImageNet head on a folder dataset
 (Imagenette ships ``val/imagenet_index.csv``). Plain Python, no Keras.
 """
 

@@ -81,7 +81,7 @@ def make_batches(
     one-hot float32 (so label smoothing works) unless ``one_hot=False``.
 
     Under TensorFlow this is a ``tf.data`` pipeline: batch-level index gather, augmentation
-    mapped in parallel, prefetch, so the 2 CPU cores decode the next batch while the model
+    mapped in parallel, prefetch, so the CPU prepares the next batch while the model
     trains. Other backends get a ``keras.utils.PyDataset`` doing the same in numpy.
     """
     if batch_size < 1:

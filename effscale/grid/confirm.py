@@ -16,8 +16,9 @@ predictions and manifest: resumable like the search, and never mixed with its tr
 It reports, per row, the accuracy with its 95% interval and the paired difference to the
 phi-step leader; the tie set there; whether the phi=1 choice is in it; Kendall's tau between
 the phi=1 ranking of these rows (the search's order) and their order at phi (tau-a over all
-pairs, 1 = same order, -1 = reversed; with 4-5 rows it moves in steps of 0.2, so read it
-with the intervals); and compound against the best single-axis row, with its interval.
+pairs, 1 = same order, -1 = reversed; it moves in steps of 0.2 with 5 rows, 1/3 with 4,
+so read it with the intervals); and compound against the best single-axis row, with its
+interval.
 
 No Keras here.
 """

@@ -4,8 +4,8 @@
 seeded subset of the dataset) and is the ``run_trial`` callable the search loop calls, in
 this process, in worker processes or on Ray. Each call runs ``run_proxy_trial``:
 
-1. ``keras.utils.set_random_seed(seed)``; the candidate's network (``search.proxy_network``:
-   the proxy base scaled by alpha, beta, gamma with the official rounding) behind a
+1. ``seed_everything(seed)``; the candidate's network (``search.proxy_network``: the
+   proxy base scaled by alpha, beta, gamma, filters and repeats rounded officially) behind a
    ``Resizing`` layer, so images stay at their native size in memory and gamma only
    changes the model's input size;
 2. **no second trace for a repeat**: each process keeps its last compiled model. A trial

@@ -175,7 +175,7 @@ def _interval(lo_key: str, hi_key: str):
 
 
 # The console table keeps what the decision needs and fits 80 columns; --format
-# csv/json/markdown and reports/ranking.md keep every column.
+# csv/json/markdown keep every column, reports/ranking.md the WIDE_COLUMNS.
 SHORT_ROLES = {"grid": "grid", "paper": "paper", "depth-only": "depth", "width-only": "width",
                "resolution-only": "res"}
 RANKING_COLUMNS = [

@@ -16,9 +16,9 @@ Steps, in this order, so that bad input never leaves a half-written run director
 7. with ``confirm_phi``, retrain the chosen point, the paper's point and the single-axis
    rows one step of phi up (``grid.confirm``).
 
-Library warnings (Keras's "`shuffle=True` was passed, but will be ignored" among them) go
-to the run's ``effscale.log``, never to the console. Keras is imported only by the proxy
-trainer, so this module stays importable without it.
+Python warnings from the libraries (Keras's among them) go to the run's ``effscale.log``,
+never to the console. Keras is imported only by the proxy trainer, so this module stays
+importable without it.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class TrialRecord:
     metrics: dict = field(default_factory=dict)  # val_accuracy, val_loss, train_accuracy, ...
     images_seen: int = 0
     seconds: float | None = None
-    timings: dict = field(default_factory=dict)  # build, compile, train, first_step, evaluate, teardown
+    timings: dict = field(default_factory=dict)  # seconds per phase as the trainer reports them
     history: list = field(default_factory=list)  # per-epoch metrics
     started_at: str | None = None
     finished_at: str | None = None

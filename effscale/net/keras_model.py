@@ -1,4 +1,4 @@
-"""NetworkSpec -> keras.Model. The only module that builds layers.
+"""NetworkSpec -> keras.Model. The only module that builds EfficientNet layers.
 
 Keras 3 layers and ``keras.ops`` only, so it runs under the TensorFlow, JAX and torch
 backends. For the published configs the graph is layer-for-layer the one of

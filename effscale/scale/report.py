@@ -27,7 +27,7 @@ from effscale.net.scaling import (
     scale_network,
 )
 
-# Flattened columns for table/CSV/Markdown output; JSON keeps everything.
+# The summary keys; ``official`` copies them (with filters and repeats) into ``formula``.
 SUMMARY_COLUMNS = ["name", "source", "phi", "width", "depth", "resolution", "dropout", "params", "flops"]
 
 

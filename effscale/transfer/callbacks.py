@@ -1,5 +1,6 @@
 """The epoch callback of a transfer run: progress bar, NaN guard, frozen-BatchNorm guard,
-the checkpoint commit and the one console line per epoch."""
+the checkpoint commit and the one console line per epoch; and ``BatchNormRecalibration``,
+which recomputes trainable BatchNorm statistics before each validation."""
 
 from __future__ import annotations
 

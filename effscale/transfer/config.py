@@ -60,7 +60,7 @@ class TransferConfig:
     preset: str | None = None
     # model
     variant: str = "b0"
-    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    weights: str = "imagenet"  # imagenet | none | lite0-lite2 | path to a weights file
     image_size: int | None = None  # None: the variant's own resolution (224 for b0)
     pooling: str = "avg"
     dropout: float = 0.2
@@ -229,7 +229,7 @@ class TransferConfig:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         from effscale.data.datasets import check_augment
 
-        check_augment(self.augment)  # linear-probe ignores augmentation (features are computed once)
+        check_augment(self.augment)  # a cached prefix applies only flip (effscale.transfer.prefix)
         return self
 
 

@@ -130,7 +130,7 @@ class CachedTop:
 
     @property
     def feats(self):
-        """Non-None once the activations are available (train.py's test for this path)."""
+        """Non-None once the activations are available."""
         return self.stores or None
 
     def train_views(self) -> list[int]:

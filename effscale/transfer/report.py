@@ -1,9 +1,10 @@
 """Tables, report files and plots of a transfer run, rebuilt from its run directory.
 
-Raw files (written by ``effscale.transfer.train``): ``manifest.json``, ``history.csv``,
-``checkpoints/state.json`` and, once the run ends, ``metrics.json`` (including the
-validation confusion matrix). Everything under ``reports/`` and ``plots/`` is derived
-from them here, so ``effscale report RUN_DIR`` rebuilds it without Keras or TensorFlow.
+Raw files (by ``effscale.transfer.runner``, ``checkpoints`` and ``train``):
+``manifest.json``, ``history.csv``, ``checkpoints/state.json`` and, once the run ends,
+``metrics.json`` (including the validation confusion matrix). Everything under
+``reports/`` and ``plots/`` is derived from them here, so ``effscale report RUN_DIR``
+rebuilds it without Keras or TensorFlow.
 
 reports/: ``summary``, ``history``, ``per_class``, ``confused_pairs``, each as ``.csv``,
 ``.md`` and ``.json``; plots/: ``transfer_curves.png``, ``per_class_accuracy.png``.

@@ -13,7 +13,7 @@
    training stops early.
 4. A fresh run that fails before its first committed epoch is removed again.
 
-Keras is imported only in step 3, after every cheap check.
+Keras is imported only after every cheap check (loading CIFAR through keras.datasets aside).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ input-range guard, 5. train phase by phase, 6. score the best checkpoint and wri
 
 The jobs around it each have their own module: ``model`` (assembly, weights),
 ``strategies`` (what is trained, optimizers), ``checkpoints`` (the commit protocol),
-``callbacks`` (the epoch callback and its console lines), ``cache`` and ``prefix`` (the
+``callbacks`` (the epoch callback, BatchNorm recalibration), ``cache`` and ``prefix`` (the
 cached frozen prefix of linear-probe, top-blocks and last-layers), ``probe`` (the tuned
 linear probe). Keras 3 layers and ops only in the model; tf.data only inside
 ``effscale.data`` under the TensorFlow backend.

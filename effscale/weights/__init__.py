@@ -1,1 +1,1 @@
-"""Pretrained weights: the safe PyTorch reader and loading into Keras."""
+"""Pretrained weights: the ``--weights`` resolver, the safe PyTorch reader, loading into Keras."""

@@ -7,6 +7,8 @@ Public API (what commands call):
   NetworkSpec or a published variant name), convert every tensor to Keras's layout and
   set it on ``model``'s layers by name. Returns a summary dict. A head of another size
   (a 10-class transfer model against a 1000-class checkpoint) is left as built.
+* ``read_checked(weights, spec)`` then ``load_state_dict(model, state, spec)`` -- the same
+  in two steps, so a command refuses bad weights before it builds a model.
 * ``resolve_weights(weights)`` -- the ``Path`` of a registry name or of a file.
 * ``read_state_dict(path)`` -- ``{name: numpy array}`` from a ``.pth`` file.
 * ``check_architecture(state, spec)`` -- raise ``WeightsError`` if the checkpoint is for

@@ -74,7 +74,7 @@ def resolve_weights(weights: str | Path) -> tuple[Path, str]:
 
 
 # keras.applications publishes ImageNet files for B0-B7 (``weights.keras_files``); the
-# Lite variants' ImageNet weights are the registry packages (``weights.load.REGISTRY``).
+# Lite variants' ImageNet weights are the registry packages (``REGISTRY`` above).
 KERAS_IMAGENET = tuple(f"b{i}" for i in range(8))
 PTH_SUFFIXES = (".pth", ".pt", ".bin")
 KERAS_SUFFIXES = (".keras", ".h5")
