@@ -54,3 +54,31 @@ def test_held_out_images_leave_with_all_their_views():
     y = rng.integers(0, 5, 300)
     probe = fit_probe(np.stack([x, x]), y, 5, l2_grid=(1e-5, 1e-4), seed=3)
     assert max(probe.holdout.values()) < 0.5
+
+
+def test_sweep_stops_after_two_values_below_the_best():
+    from effscale.transfer.probe import sweep_done
+
+    assert not sweep_done([0.81, 0.83])
+    assert not sweep_done([0.81, 0.83, 0.835, 0.829])  # one value below the best so far
+    assert sweep_done([0.81, 0.83, 0.835, 0.829, 0.82])
+    assert not sweep_done([0.81, 0.83, 0.835, 0.829, 0.835])  # a tie with the best is not below
+    assert sweep_done([0.9, 0.5, 0.5])
+
+
+def test_sweep_stops_early_and_refit_warm_starts():
+    """A strong penalty is best on these blobs with wrong-label noise; the weak ones after it
+    are not fitted once two in a row score below it."""
+    rng = np.random.default_rng(3)
+    x, y = _blobs(400, d=60, noise=3.0, seed=3)
+    flip = rng.random(len(y)) < 0.3
+    y = np.where(flip, rng.integers(0, 4, len(y)), y)
+    lines = []
+    grid = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    probe = fit_probe(x[None], y, 4, l2_grid=grid, log=lines.append)
+    tried = list(probe.holdout)
+    assert len(tried) == len(lines) and tried == list(grid[: len(tried)])
+    assert len(tried) < len(grid), probe.holdout  # this noisy problem peaks early
+    best = max(probe.holdout.values())
+    assert all(a < best for a in list(probe.holdout.values())[-2:])  # the two after the best lost
+    assert probe.l2 == max(probe.holdout, key=lambda k: (probe.holdout[k], k))

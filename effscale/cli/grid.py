@@ -57,7 +57,7 @@ def settings_options(command):
 @settings_options
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Named settings (docs/grid.md); flags win.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Run trials here, one after another, or as Ray tasks.")
+              help="local: two worker processes on 2+ cores (in-process on one); ray: Ray tasks.")
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster address (default: start Ray on this machine).")
 @click.option("--cpus-per-trial", type=click.FloatRange(min=0, max=1024), default=1.0, show_default=True,
               help="Ray: CPUs each trial asks for.")

@@ -22,6 +22,10 @@ import numpy as np
 L2_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5)
 HOLDOUT = 0.1
 MAX_ITER = 300
+# Held-out top-1 over this grid rises to one peak and falls (measured on Lite0 features of
+# CIFAR-10: 81.9, 82.9, 83.5, 82.9 ... %); the weaker penalties after the peak also take the
+# most L-BFGS steps, so the sweep stops once PATIENCE values in a row score below the best.
+PATIENCE = 2
 
 
 @dataclass
@@ -80,6 +84,14 @@ def _fit(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, start: np.nd
     return result.x, float(result.fun), int(result.nit)
 
 
+def sweep_done(scores: Sequence[float], patience: int = PATIENCE) -> bool:
+    """True once the last ``patience`` scores (in grid order) are all below the best before them."""
+    if len(scores) <= patience:
+        return False
+    best_before = max(scores[:-patience])
+    return all(score < best_before for score in scores[-patience:])
+
+
 def _rows(views: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.concatenate([v[idx] for v in views]).astype(np.float32)
 
@@ -109,7 +121,7 @@ def fit_probe(views: np.ndarray, labels: np.ndarray, num_classes: int, *, l2_gri
     n_hold = int(round(n * holdout)) if len(l2_grid) > 1 else 0
     hold, fit_idx = np.sort(order[:n_hold]), np.sort(order[n_hold:])
     scores: dict[float, float] = {}
-    best_l2, start = float(l2_grid[0]), None
+    best_l2, start, best_start = float(l2_grid[0]), None, None
     if n_hold:
         x_fit = _rows(scaled, fit_idx)
         y_fit = np.tile(labels[fit_idx], num_views)
@@ -118,15 +130,21 @@ def fit_probe(views: np.ndarray, labels: np.ndarray, num_classes: int, *, l2_gri
             w, b = start[: d * num_classes].reshape(d, num_classes), start[d * num_classes:]
             probe = Probe(w.astype(np.float32), b.astype(np.float32), float(l2))
             acc = float((probe.predict_proba(scaled[:, hold]).argmax(axis=1) == labels[hold]).mean())
+            if not scores or acc > max(scores.values()):
+                best_start = start
             scores[float(l2)] = acc
             if log is not None:
                 log(f"probe l2={l2:g}: held-out top-1 {100 * acc:.2f}% ({nit} L-BFGS steps)")
+            if sweep_done(list(scores.values())):
+                break
         # Ties go to the stronger penalty (first in the grid): the smoother head.
         best_l2 = max(scores, key=lambda k: (scores[k], k))
         del x_fit
     x_all = _rows(scaled, np.arange(n))
     y_all = np.tile(labels, num_views)
-    theta, loss, nit = _fit(x_all, y_all, num_classes, best_l2, None, max_iter)
+    # The refit starts from the chosen strength's held-out fit (same standardisation), a
+    # near neighbour of the answer, so it needs a fraction of a cold start's steps.
+    theta, loss, nit = _fit(x_all, y_all, num_classes, best_l2, best_start, max_iter)
     w = theta[: d * num_classes].reshape(d, num_classes) / std[:, None]
     b = theta[d * num_classes:] - mean @ w
     return Probe(w.astype(np.float32), b.astype(np.float32), best_l2, holdout=scores, iterations=nit,
