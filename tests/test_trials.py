@@ -267,6 +267,34 @@ def test_a_worker_that_dies_fails_its_trial_and_the_search_goes_on(store):
     assert sum(r["status"] == "COMPLETE" for r in latest.values()) == space.planned_trials() - 1
 
 
+_BALLAST: list = []
+
+
+class _Hoards(FakeTrainer):
+    """Keeps 150 MB per trial alive in its process, as TensorFlow keeps traced graphs."""
+
+    def for_run(self, run_path):
+        bound = _Hoards(last_rung=self.last_rung)
+        bound.run_path = str(run_path)
+        return bound
+
+    def __call__(self, spec):
+        _BALLAST.append(np.ones(150 * 2**20, dtype=np.uint8))  # ones: the pages are touched
+        return super().__call__(spec)
+
+
+def test_workers_holding_too_much_memory_are_replaced_between_candidates(tmp_path):
+    space = _halving_space(seeds=2)
+    here = TrialStore(RunDir(tmp_path / "here"))
+    run_search(space, here, FakeTrainer(last_rung=2))
+    executor = LocalExecutor(workers=2)  # 8 trials per worker: only memory can replace them early
+    executor._pool.rss_limit_mb = 300  # a worker starts near 100 MB; two trials put it over
+    there = TrialStore(RunDir(tmp_path / "workers"))
+    run_search(space, there, _Hoards(last_rung=2), executor)
+    assert _comparable(there) == _comparable(here)  # replacing workers changes no result
+    assert executor._pool.replaced_for_memory > 0
+
+
 RESUMABLE = """
 import sys
 from pathlib import Path

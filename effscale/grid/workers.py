@@ -5,7 +5,8 @@ one process running a whole search grows by every trial's graphs (10 GB on the d
 search). And a trial leaves a core idle while it traces its graph, which is single-threaded.
 So ``WorkerPool`` runs trials in ``workers`` spawned processes, each with
 ``cpu_count // workers`` TensorFlow threads (so two workers do not fight over the cores),
-and replaces a worker by a fresh one once it has run ``trials_per_worker`` trials.
+and replaces a worker by a fresh one once it has run ``trials_per_worker`` trials or holds
+more than ``rss_limit_mb`` of memory.
 
 Every trial of one candidate in a batch (its seeds) goes to the same worker, one after
 another, so the trainer's per-process model cache lets the repeats skip the graph trace.
@@ -37,6 +38,11 @@ log = logging.getLogger("effscale.grid.workers")
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 TRIALS_PER_WORKER = 8  # a fresh process every few trials bounds what TF's traced graphs hold
+# A worker whose resident memory after a candidate's trials is above this is replaced before
+# the next candidate, whatever its trial count: traced graphs grow it by hundreds of MB per
+# trial, and two workers plus the driver must stay within the 4 GB the default search is
+# allowed. EFFSCALE_WORKER_RSS_MB overrides it (a bigger machine can keep workers longer).
+WORKER_RSS_LIMIT_MB = 1200
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
@@ -111,6 +117,17 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def rss_mb(self) -> float | None:
+        """Resident memory now (Linux /proc; None elsewhere, where only the trial count applies)."""
+        try:
+            with open(f"/proc/{self.process.pid}/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, ValueError):
+            return None
+        return None
+
     def stop(self, timeout: float = 5.0) -> None:
         try:
             if self.alive() and self.spec is None:
@@ -135,13 +152,15 @@ def group_by_candidate(specs: list[TrialSpec]) -> list[list[TrialSpec]]:
 class WorkerPool:
     """``workers`` processes running trials; the caller's ``start``/``finish`` log them."""
 
-    def __init__(self, workers: int = 2, trials_per_worker: int | None = None):
+    def __init__(self, workers: int = 2, trials_per_worker: int | None = None, rss_limit_mb: float | None = None):
         self.size = max(1, int(workers))
         self.trials_per_worker = trials_per_worker or TRIALS_PER_WORKER
+        self.rss_limit_mb = rss_limit_mb or float(os.environ.get("EFFSCALE_WORKER_RSS_MB") or WORKER_RSS_LIMIT_MB)
         self.threads = max(1, (os.cpu_count() or 1) // self.size)
         self.slots: list[_Worker | None] = [None] * self.size
         self._trainer: tuple[int, bytes] | None = None
         self.started = 0  # worker processes started (for tests and benchmarks)
+        self.replaced_for_memory = 0
 
     def _fresh(self, slot: int, run_trial) -> _Worker:
         old = self.slots[slot]
@@ -165,7 +184,7 @@ class WorkerPool:
                         continue
                     if not groups:
                         continue
-                    if worker is None or worker.ran >= self.trials_per_worker or not worker.alive():
+                    if worker is None or not worker.alive() or self._spent(worker):
                         worker = self._fresh(slot, run_trial)
                     worker.queue = groups.pop(0)
                 busy = [w for w in self.slots if w is not None and (w.spec is not None or w.queue)]
@@ -189,6 +208,18 @@ class WorkerPool:
                     worker.spec = None
                     worker.stop()
                     self.slots[slot] = None
+
+    def _spent(self, worker: _Worker) -> bool:
+        """Replace it before its next candidate: enough trials, or too much memory held."""
+        if worker.ran >= self.trials_per_worker:
+            return True
+        rss = worker.rss_mb()
+        if rss is not None and rss > self.rss_limit_mb:
+            log.debug("worker %d holds %.0f MB after %d trials (limit %.0f MB): replaced",
+                      worker.process.pid, rss, worker.ran, self.rss_limit_mb)
+            self.replaced_for_memory += 1
+            return True
+        return False
 
     def _receive(self, worker: _Worker, finish, groups: list) -> None:
         try:
