@@ -113,18 +113,24 @@ def _weights(run_dir: Path) -> list:
     return keras.models.load_model(run_dir / "checkpoints" / "last.keras", compile=False).get_weights()
 
 
-def _same_weights(tmp_path: Path, backend: str, tolerance: float) -> None:
-    """Every trained weight agrees within ``tolerance`` of its tensor's scale, and the head
-    (zero before training) moved: a gradient summed over replicas instead of averaged
-    would double every SGD step and fail this."""
+def _same_weights(tmp_path: Path, backend: str, tolerance: float, head_tolerance: float) -> None:
+    """The trained weights agree as a whole, and the head agrees on its own.
+
+    The head's kernel starts at zero, so all of it is training: a gradient summed over the
+    replicas instead of averaged would double every SGD step and put the two heads about
+    100% apart. ``head_tolerance`` sits well below that. Per-tensor maxima are not compared:
+    at this near-chance point of SGD at a high rate, the replicas' other summation order
+    moves small tensors a lot (measured under TensorFlow: the head 16% apart in norm, one
+    entry 0.0097 off in a tensor whose largest entry is 0.019), while the network as a whole
+    stays within ``tolerance`` and the losses within 0.2%.
+    """
     one, two = _weights(tmp_path / f"{backend}-1"), _weights(tmp_path / f"{backend}-2")
-    assert np.abs(one[-2]).max() > 1e-3  # the Dense kernel trained
-    for a, b in zip(one, two):
-        # Near-zero tensors (biases that barely moved) are compared on a floor of 0.05: there a
-        # last-bit difference in a near-tie gradient is a large fraction of the tensor itself
-        # (measured: 5e-4 on a bias whose largest entry is 5e-4).
-        scale = max(float(np.abs(a).max()), 5e-2)
-        assert float(np.abs(a - b).max()) <= tolerance * scale
+    head_one, head_two = one[-2], two[-2]
+    assert np.abs(head_one).max() > 1e-3  # the Dense kernel trained
+    assert np.linalg.norm(head_one - head_two) <= head_tolerance * np.linalg.norm(head_one)
+    diff = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(one, two)))
+    size = np.sqrt(sum(float(np.sum(a ** 2)) for a in one))
+    assert diff <= tolerance * size
 
 
 def _same_history(one: list[dict], two: list[dict], rel: float, exact_accuracy: bool) -> None:
@@ -146,10 +152,11 @@ def test_tensorflow_two_logical_cpus_split_batches_and_match_one_replica(tmp_pat
     assert {n for n, _ in info["seen"]} == {BATCH // 2}
     # MirroredStrategy adds the replicas' gradients in another order than one device sums
     # a batch, and this tiny network is still near chance after eight steps, where those
-    # last-bit differences decide ties: measured here, weights agree within 0.5% of their
-    # scale and losses within 0.1%; accuracies at chance are not compared.
+    # last-bit differences decide ties: measured here, losses agree within 0.1%, all weights
+    # together within 2% and the head within 16% (a doubled step would be ~100%);
+    # accuracies at chance are not compared.
     _same_history(one, two, rel=2e-3, exact_accuracy=False)
-    _same_weights(tmp_path, "tensorflow", tolerance=2e-2)
+    _same_weights(tmp_path, "tensorflow", tolerance=2e-2, head_tolerance=0.3)
 
 
 def test_jax_two_host_devices_split_batches_and_match_one_replica(tmp_path):
@@ -164,4 +171,4 @@ def test_jax_two_host_devices_split_batches_and_match_one_replica(tmp_path):
         assert shards[0][0] == shards[1][0]
     # JAX reduces the two shards' gradients as one batch: the runs agree to float rounding.
     _same_history(one, two, rel=1e-5, exact_accuracy=True)
-    _same_weights(tmp_path, "jax", tolerance=1e-4)
+    _same_weights(tmp_path, "jax", tolerance=1e-4, head_tolerance=1e-3)
