@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from effscale.fsutil import atomic_write
 from effscale.runs import RunDir
 
 CHECKPOINTS = Path("checkpoints") / "trials"  # relative to the run dir (tests look there)
@@ -51,23 +51,8 @@ class TrainState:
         return int(self.meta.get("images_trained", 0))
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """``write(handle)`` into a temp file next to ``path``, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 # --- training state ------------------------------------------------------------------------------
+
 def checkpoint_path(run_path: str | os.PathLike, trial_id: str) -> Path:
     return RunDir(Path(run_path)).checkpoints_dir / "trials" / f"{trial_id}.npz"
 
@@ -77,7 +62,7 @@ def save_state(path: str | os.PathLike, state: TrainState) -> Path:
     arrays |= {f"o{i}": np.asarray(a) for i, a in enumerate(state.optimizer)}
     counts = {"variables": len(state.variables), "optimizer": len(state.optimizer)}
     arrays["meta"] = np.frombuffer(json.dumps(state.meta | {"_counts": counts}).encode(), dtype=np.uint8)
-    return _atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
+    return atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def load_state(path: str | os.PathLike) -> TrainState | None:
@@ -113,7 +98,7 @@ def val_labels_path(run_path: str | os.PathLike) -> Path:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> Path:
-    return _atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    return atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 def _load_npy(path: Path) -> np.ndarray | None:
