@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from effscale.bench.search import parse_latency_ms, search_phi
-from effscale.bench.stats import bootstrap_corr, corr, summarize
+from effscale.bench.stats import bootstrap_corr, corr, summarize, summarize_blocks
 from effscale.bench.targets import resolve_targets
 from effscale.errors import ConfigError
 from effscale.net.arch import NetworkSpec, StageSpec
@@ -27,6 +27,60 @@ def test_summarize_percentiles_in_ms():
     assert s["p50_ms"] == pytest.approx(50.5)
     assert s["p90_ms"] == pytest.approx(90.1)
     assert s["min_ms"] == pytest.approx(1.0) and s["runs"] == 100
+
+
+def test_p50_is_the_median_of_block_medians_so_one_slow_block_does_not_move_it():
+    fast = [0.010, 0.011, 0.012]
+    slow = [0.040, 0.041, 0.042]  # a slow spell of the machine
+    s = summarize_blocks([fast, fast, slow, fast, [0.0105, 0.0115, 0.0125]])
+    assert s["p50_ms"] == pytest.approx(11.0)
+    assert s["p50_all_ms"] == pytest.approx(11.5)  # the pooled median is pulled up by the slow block
+    assert s["blocks"] == 5 and s["runs"] == 15
+    assert s["spread_pct"] == pytest.approx((41.0 - 11.0) / 11.0 * 100)
+    steady = summarize_blocks([fast] * 4)
+    assert steady["spread_pct"] == 0.0 and steady["p50_ms"] == pytest.approx(11.0)
+
+
+def test_block_sizes_cover_every_run():
+    from effscale.bench.interleave import block_sizes
+
+    assert block_sizes(50, 5) == [10] * 5
+    assert block_sizes(32, 5) == [7, 7, 6, 6, 6]
+    assert sum(block_sizes(31, 4)) == 31
+
+
+def test_blocks_interleave_across_targets_and_keep_their_gap(monkeypatch):
+    import time
+
+    from effscale.bench import interleave
+    from effscale.bench.measure import BenchSettings
+
+    calls = []
+
+    class FakeSession:
+        def __init__(self, target, settings):
+            self.name = target
+
+        def start(self):
+            calls.append(("start", self.name, time.monotonic()))
+
+        def block(self, n):
+            calls.append(("block", self.name, time.monotonic(), n))
+
+        def finish(self):
+            return {"name": self.name}
+
+    monkeypatch.setattr(interleave, "Session", FakeSession)
+    monkeypatch.setattr(interleave, "set_threads", lambda threads: {"threads": 0})
+    settings = BenchSettings(runs=31, blocks=3, block_gap_s=0.05)
+    records = interleave.measure_all(["a", "b"], settings, isolated=False)
+    assert [r["name"] for r in records] == ["a", "b"]
+    assert [c[:2] for c in calls[:2]] == [("start", "a"), ("start", "b")]  # all loaded before any timing
+    blocks = [c for c in calls if c[0] == "block"]
+    assert [c[1] for c in blocks] == ["a", "b"] * 3
+    assert [c[3] for c in blocks if c[1] == "a"] == [11, 10, 10]
+    starts = [c[2] for c in blocks if c[1] == "a"]
+    assert all(later - earlier >= 0.05 for earlier, later in zip(starts, starts[1:]))
 
 
 def test_spearman_sees_monotone_pearson_sees_curvature():
@@ -117,6 +171,7 @@ def test_bench_measures_a_small_model(run_cli, tmp_path):
     assert code == 0, err
     record = json.loads(out)[0]["records"][0]
     assert record["name"] == "tiny@48" and record["resolution"] == 48 and record["runs"] == 30
+    assert record["blocks"] == 5 and len(record["block_p50_ms"]) == 5
     assert 0 < record["min_ms"] <= record["p50_ms"] <= record["p90_ms"]
     assert record["trace_s"] > 0 and record["images_per_s"] > 0 and record["train_step_ms"] > 0
     assert record["mem_mb"] > 0 and record["tf_intra_op"] == 1

@@ -3,17 +3,16 @@
 Protocol per target (docs/bench.md says why):
 1. build or load, timed as ``load_s``;
 2. the first call at each batch size traces/compiles; it is timed apart (``trace_s``);
-3. ``warmup`` untimed calls, then ``runs`` timed calls with ``time.perf_counter`` around
-   the runtime call only (inputs are converted before the clock starts); the process CPU
-   time of each call too (``cpu_p50_ms``): on a shared machine other jobs stretch wall
-   time but hardly the CPU time a call needs, and with one thread the two agree when idle;
+3. ``warmup`` untimed calls, then ``runs`` timed calls in ``blocks`` blocks, with
+   ``time.perf_counter`` around the runtime call only (inputs are converted before the
+   clock starts) and the process CPU time of each call (``cpu_p50_ms``). The caller
+   (``bench.interleave``) spreads the blocks over time and across targets; p50 is the
+   median of the block medians, so a slow spell of a shared machine moves one block,
+   not the answer;
 4. throughput: one untimed call at ``throughput_batch``, then timed calls;
 5. ``--train``: ``train_on_batch`` at ``train_batch`` (first call apart, then timed);
 6. memory: the process's peak RSS (Linux ``VmHWM``, reset before the target) minus its
    RSS before the model was loaded.
-``measure_isolated`` runs each target in a fresh process: TensorFlow's allocator keeps
-memory a previous model freed, so in one process only the first model's memory figure is
-true, and traced graphs of earlier models would stay alive beside later ones.
 Keras is imported inside the functions.
 """
 
@@ -27,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from effscale.bench.stats import summarize
+from effscale.bench.stats import summarize_blocks
 from effscale.bench.targets import Target
 
 
 @dataclass(frozen=True)
 class BenchSettings:
     batch: int = 1
-    runs: int = 30
+    runs: int = 50
     warmup: int = 5
     throughput_batch: int = 32
     throughput_runs: int = 5
@@ -43,6 +42,9 @@ class BenchSettings:
     train_runs: int = 3
     threads: int | None = None
     seed: int = 0
+    # The timed runs are split into blocks spread over time (docs/bench.md: repeatability).
+    blocks: int = 5
+    block_gap_s: float = 2.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,55 +125,69 @@ def _train_step(runner, settings: BenchSettings, rng, size: int) -> dict:
             "train_batch": settings.train_batch}
 
 
-def measure(target: Target, settings: BenchSettings) -> dict:
-    """One record: the target's cost, latency percentiles, throughput, memory and timings."""
-    rng = np.random.default_rng(settings.seed)
-    gc.collect()
-    baseline_kb = _status_kb("VmRSS")
-    exact_peak = reset_peak_rss()
-    start = time.perf_counter()
-    runner = load_runner(target, settings.threads)
-    load_s = time.perf_counter() - start
-    size = runner.input_size
-    if not size:
-        from effscale.errors import ConfigError
+class Session:
+    """One target, loaded once, timed in blocks that the caller spreads over time.
 
-        raise ConfigError(f"{target.name} accepts any input size; pass --resolution N to measure it")
-    record = {"name": target.name, "kind": target.kind, "runtime": runner.kind, "resolution": size,
-              **target.cost()}
-    if getattr(runner, "model", None) is not None and "params" not in record:
-        record["params"] = int(runner.model.count_params())
+    ``start`` builds or loads, traces and warms up; ``block(n)`` times n calls;
+    ``finish`` adds throughput, the training step and memory and returns the record.
+    """
 
-    runner.prepare(settings.batch)
-    fed = runner.feed(_images(rng, settings.batch, size))
-    trace_s = _timed(runner.run, fed)
-    for _ in range(settings.warmup):
-        runner.run(fed)
-    times, cpu = [], []
-    for _ in range(settings.runs):
-        cpu_start = time.process_time()
-        times.append(_timed(runner.run, fed))
-        cpu.append(time.process_time() - cpu_start)
-    record |= {"batch": settings.batch, "load_s": load_s, "trace_s": trace_s, **summarize(times),
-               "cpu_p50_ms": float(np.median(cpu)) * 1e3}
+    def __init__(self, target: Target, settings: BenchSettings):
+        self.target, self.settings = target, settings
+        self.rng = np.random.default_rng(settings.seed)
+        self.wall: list[list[float]] = []
+        self.cpu: list[float] = []
 
-    if settings.throughput_batch and settings.throughput_runs:
-        runner.prepare(settings.throughput_batch)
-        fed = runner.feed(_images(rng, settings.throughput_batch, size))
-        record["throughput_trace_s"] = _timed(runner.run, fed)
-        total = sum(_timed(runner.run, fed) for _ in range(settings.throughput_runs))
-        record |= {"throughput_batch": settings.throughput_batch,
-                   "images_per_s": settings.throughput_batch * settings.throughput_runs / total}
-    if settings.train:
-        record |= _train_step(runner, settings, rng, size)
+    def start(self) -> None:
+        gc.collect()
+        self.baseline_kb = _status_kb("VmRSS")
+        self.exact_peak = reset_peak_rss()
+        start = time.perf_counter()
+        self.runner = load_runner(self.target, self.settings.threads)
+        self.load_s = time.perf_counter() - start
+        self.size = self.runner.input_size
+        if not self.size:
+            from effscale.errors import ConfigError
 
-    peak_kb = _status_kb("VmHWM")
-    if peak_kb is not None and baseline_kb is not None:
-        record |= {"peak_rss_mb": peak_kb / 1024, "mem_mb": (peak_kb - baseline_kb) / 1024,
-                   "mem_exact": exact_peak}
-    del runner, fed
-    _release()
-    return record
+            raise ConfigError(f"{self.target.name} accepts any input size; pass --resolution N to measure it")
+        self.runner.prepare(self.settings.batch)
+        self.fed = self.runner.feed(_images(self.rng, self.settings.batch, self.size))
+        self.trace_s = _timed(self.runner.run, self.fed)
+        for _ in range(self.settings.warmup):
+            self.runner.run(self.fed)
+
+    def block(self, n: int) -> None:
+        times = []
+        for _ in range(n):
+            cpu_start = time.process_time()
+            times.append(_timed(self.runner.run, self.fed))
+            self.cpu.append(time.process_time() - cpu_start)
+        self.wall.append(times)
+
+    def finish(self) -> dict:
+        settings, runner, size = self.settings, self.runner, self.size
+        record = {"name": self.target.name, "kind": self.target.kind, "runtime": runner.kind,
+                  "resolution": size, **self.target.cost()}
+        if getattr(runner, "model", None) is not None and "params" not in record:
+            record["params"] = int(runner.model.count_params())
+        record |= {"batch": settings.batch, "load_s": self.load_s, "trace_s": self.trace_s,
+                   **summarize_blocks(self.wall), "cpu_p50_ms": float(np.median(self.cpu)) * 1e3}
+        if settings.throughput_batch and settings.throughput_runs:
+            runner.prepare(settings.throughput_batch)
+            fed = runner.feed(_images(self.rng, settings.throughput_batch, size))
+            record["throughput_trace_s"] = _timed(runner.run, fed)
+            total = sum(_timed(runner.run, fed) for _ in range(settings.throughput_runs))
+            record |= {"throughput_batch": settings.throughput_batch,
+                       "images_per_s": settings.throughput_batch * settings.throughput_runs / total}
+        if settings.train:
+            record |= _train_step(runner, settings, self.rng, size)
+        peak_kb = _status_kb("VmHWM")
+        if peak_kb is not None and self.baseline_kb is not None:
+            record |= {"peak_rss_mb": peak_kb / 1024, "mem_mb": (peak_kb - self.baseline_kb) / 1024,
+                       "mem_exact": self.exact_peak}
+        del self.runner, self.fed
+        _release()
+        return record
 
 
 def _release() -> None:
@@ -179,25 +195,3 @@ def _release() -> None:
 
     keras.backend.clear_session()
     gc.collect()
-
-
-def measure_isolated(target: Target, settings: BenchSettings) -> dict:
-    """``measure`` in a fresh spawned process (thread settings applied there first)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_child_entry, target, settings).result()
-
-
-def _child_entry(target: Target, settings: BenchSettings) -> dict:
-    from effscale.backend import native_stderr_captured, set_defaults
-
-    set_defaults()
-    # TensorFlow's C++ notices (absl, oneDNN) come at import and again at the first op;
-    # in the parent they go to the run log, here they would interleave with the table.
-    # Errors still reach the parent as exceptions through the pool.
-    with native_stderr_captured():
-        info = set_threads(settings.threads)  # before TensorFlow runs its first op
-        return measure(target, settings) | info

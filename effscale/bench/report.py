@@ -17,7 +17,7 @@ def _giga(value) -> str:
     return f"{value / 1e9:.2f}"
 
 
-# Ten narrow columns (times in ms, trace in s, said in the caption): the rich table fits
+# Eleven narrow columns (times in ms, trace in s, said in the caption): the rich table fits
 # an 80-column terminal for model names up to 12 characters.
 COLUMNS = [
     Column("name", "model", justify="left"),
@@ -26,6 +26,7 @@ COLUMNS = [
     Column("acts", "acts M", _mega),
     Column("p50_ms", "p50", fmt_float(1)),
     Column("p90_ms", "p90", fmt_float(1)),
+    Column("spread_pct", "drift%", fmt_float(0)),
     Column("cpu_p50_ms", "cpu50", fmt_float(1)),
     Column("images_per_s", "img/s", fmt_float(1)),
     Column("mem_mb", "mem MB", fmt_float(0)),
@@ -35,7 +36,7 @@ TRAIN_COLUMN = Column("train_step_ms", "train", fmt_float(0))
 # CSV/Markdown keep these too (raw values); JSON keeps everything.
 EXPORT_COLUMNS = COLUMNS + [
     Column("params", "params"), Column("peak_act_bytes", "peak_act_bytes"), Column("runtime", "runtime"),
-    Column("batch", "batch"), Column("runs", "runs"), Column("throughput_batch", "throughput_batch"),
+    Column("batch", "batch"), Column("runs", "runs"), Column("blocks", "blocks"), Column("p50_all_ms", "p50_all_ms"), Column("throughput_batch", "throughput_batch"),
     Column("train_step_ms", "train_step_ms"), Column("peak_rss_mb", "peak_rss_mb"), Column("load_s", "load_s"),
     Column("threads", "threads"),
 ]

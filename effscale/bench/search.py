@@ -66,10 +66,11 @@ def search_phi(target_ms: float, measure: Callable[[float], float], step: float 
             "target_ms": target_ms, "measured": dict(sorted(measured.items()))}
 
 
-def measured_search(target_ms: float, coefficients, family: str, batch: int, runs: int = 30,
+def measured_search(target_ms: float, coefficients, family: str, batch: int, runs: int = 50,
                     threads: int | None = None, report=None) -> dict:
     """``search_phi`` with each phi built and timed in a fresh process (batch ``batch``, p50)."""
-    from effscale.bench.measure import BenchSettings, measure_isolated
+    from effscale.bench.interleave import measure_isolated
+    from effscale.bench.measure import BenchSettings
     from effscale.bench.targets import phi_target
 
     from effscale.errors import SanityLimitError

@@ -15,6 +15,22 @@ def summarize(seconds: Sequence[float]) -> dict:
             "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "runs": int(ms.size)}
 
 
+def summarize_blocks(blocks: Sequence[Sequence[float]]) -> dict:
+    """``summarize`` over all runs, with p50 the median of the block medians.
+
+    The blocks are spread over time, so a slow spell of a shared machine (seconds to tens
+    of seconds) lifts whole blocks; the median of the block medians ignores up to half of
+    them. ``spread_pct`` is the range of the block medians over p50: how much the machine's
+    speed moved during the measurement.
+    """
+    flat = [t for block in blocks for t in block]
+    medians = np.array([np.median(block) for block in blocks if len(block)]) * 1e3
+    p50 = float(np.median(medians))
+    return summarize(flat) | {"p50_ms": p50, "p50_all_ms": summarize(flat)["p50_ms"], "blocks": int(medians.size),
+                              "block_p50_ms": [float(m) for m in medians],
+                              "spread_pct": float((medians.max() - medians.min()) / p50 * 100)}
+
+
 def _ranks(x: np.ndarray) -> np.ndarray:
     import pandas as pd
 

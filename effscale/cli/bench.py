@@ -9,6 +9,8 @@ import click
 from effscale import console
 
 POSITIVE = click.IntRange(min=1)
+# Block medians further apart than this say the machine changed speed mid-run.
+SPREAD_WARN_PCT = 10.0
 
 
 @click.command()
@@ -20,8 +22,12 @@ POSITIVE = click.IntRange(min=1)
               help="Baseline --phi scales.")
 @click.option("--resolution", type=POSITIVE, help="Input side for --variant/--phi (default: the variant's).")
 @click.option("--batch", type=POSITIVE, default=1, show_default=True, help="Batch size of the latency runs.")
-@click.option("--runs", type=click.IntRange(min=30), default=30, show_default=True,
+@click.option("--runs", type=click.IntRange(min=30), default=50, show_default=True,
               help="Timed latency runs (after warm-up) per model.")
+@click.option("--blocks", type=POSITIVE, default=5, show_default=True,
+              help="Spread the runs over this many blocks; p50 is the median of block medians.")
+@click.option("--block-gap", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
+              help="Seconds between the starts of one model's blocks.")
 @click.option("--warmup", type=click.IntRange(min=1), default=5, show_default=True,
               help="Untimed calls after the first (tracing) call.")
 @click.option("--throughput-batch", type=click.IntRange(min=0), default=32, show_default=True,
@@ -35,7 +41,7 @@ POSITIVE = click.IntRange(min=1)
 @click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True,
               help="table (rich), or json/csv/markdown on stdout.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write latency vs MACs as PNG.")
-def bench(paths, variants, phis, family, resolution, batch, runs, warmup, throughput_batch, throughput_runs,
+def bench(paths, variants, phis, family, resolution, batch, runs, blocks, block_gap, warmup, throughput_batch, throughput_runs,
           train, train_batch, threads, same_process, fmt, plot):
     """Measure batch latency (p50/p90), throughput and peak memory on this device.
 
@@ -55,20 +61,24 @@ def bench(paths, variants, phis, family, resolution, batch, runs, warmup, throug
     if plot is not None:
         check_output_path(plot)
 
-    from effscale.bench.measure import BenchSettings, measure, measure_isolated, set_threads
+    from effscale.bench.interleave import measure_all
+    from effscale.bench.measure import BenchSettings
 
+    if blocks > runs:
+        raise click.BadParameter(f"{blocks} blocks need at least {blocks} runs", param_hint="'--blocks'")
     settings = BenchSettings(batch=batch, runs=runs, warmup=warmup, throughput_batch=throughput_batch,
-                             throughput_runs=throughput_runs, train=train, train_batch=train_batch, threads=threads)
-    thread_info = set_threads(threads) if same_process else {}
-    records = []
-    for target in targets:
-        console.info(f"measuring {target.name} ({target.kind}) ...")
-        records.append(measure(target, settings) | thread_info if same_process
-                       else measure_isolated(target, settings))
+                             throughput_runs=throughput_runs, train=train, train_batch=train_batch, threads=threads,
+                             blocks=blocks, block_gap_s=block_gap)
+    records = measure_all(targets, settings, isolated=not same_process, progress=console.info)
+    for record in records:
+        if record["spread_pct"] > SPREAD_WARN_PCT:
+            console.warn(f"{record['name']}: block medians {min(record['block_p50_ms']):.1f}-"
+                         f"{max(record['block_p50_ms']):.1f} ms: the machine's speed changed during the run "
+                         "(p50 is their median; rerun to compare runs)")
     corr = correlations(records)
     columns = COLUMNS + ([TRAIN_COLUMN] if train else [])
     first = records[0]
-    caption = (f"ms at batch {batch}, {runs} runs; cpu50: CPU ms/call; trace: 1st call, s; "
+    caption = (f"ms at batch {batch}, {runs} runs in {blocks} blocks; cpu50: CPU ms/call; trace: 1st call, s; "
                f"threads {first.get('tf_intra_op') or threads or 'all'}/{first['cpu_count']}")
     if fmt == "json":
         console.emit([{"records": records, "correlations": corr, "settings": settings.to_dict()}], columns, fmt)
