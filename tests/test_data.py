@@ -291,6 +291,38 @@ def test_pipeline_batches_shapes_and_augmentation():
         make_batches(ds.x_val, ds.y_val, batch_size=4, num_classes=10, training=True, augment=("blur",))
 
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tf_data", [True, False], ids=["tf.data", "numpy"])
+def test_pipeline_epoch_order_depends_on_seed_and_epoch_only(tf_data, monkeypatch):
+    """A stream of epochs 1-2 holds the batches that epochs 1-2 of a stream from 0 hold,
+    however often the pipeline was iterated before (Keras draws a batch to build the model
+    under a distribution strategy; a resumed run starts at a later epoch)."""
+    from effscale.data import pipeline
+
+    monkeypatch.setattr(pipeline, "_use_tf_data", lambda: tf_data)
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    y = np.arange(10)
+
+    def stream(first, end, seed=0):
+        return pipeline.make_batches(x, y, batch_size=4, num_classes=10, training=True, seed=seed,
+                                     deterministic=True, epochs=range(first, end))
+
+    def labels(ds):
+        batches = ds if tf_data else (ds[i] for i in range(len(ds)))
+        return [np.asarray(b[1]).argmax(1).tolist() for b in batches]
+
+    full = labels(stream(0, 3))
+    assert [len(b) for b in full] == [4, 4, 2] * 3  # per epoch: every image once, last batch partial
+    epochs = [sum(full[i:i + 3], []) for i in (0, 3, 6)]
+    assert all(sorted(e) == list(range(10)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) == 3  # reshuffled each epoch
+    resumed = stream(1, 3)
+    labels(resumed)  # an earlier pass must not move the order
+    assert labels(resumed) == full[3:]
+    assert labels(stream(0, 1, seed=1)) != full[:3]
+
+
 # Datasets that cannot train: (class folders per split, what the one-line refusal names).
 UNTRAINABLE = [
     ({"train": ["cat"], "val": ["cat"]}, "only one class folder, train/cat/"),

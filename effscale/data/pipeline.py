@@ -73,12 +73,20 @@ def make_batches(
     seed: int = 0,
     one_hot: bool = True,
     deterministic: bool | None = None,
+    epochs: range | None = None,
 ):
     """Batches of ``(float32 images at native size, labels)`` for ``model.fit``/``evaluate``.
 
     Training batches are reshuffled each epoch and augmented (``augment`` names, see
     ``AUGMENTATIONS``); evaluation batches keep order and are never augmented. Labels are
     one-hot float32 (so label smoothing works) unless ``one_hot=False``.
+
+    ``epochs`` (training only): one stream of those epochs' batches, one after the other
+    (``fit`` with ``steps_per_epoch``), where epoch e is in the order ``(seed, e)`` picks.
+    So epoch e sees the same batches however many times the pipeline was iterated before
+    (Keras under a distribution strategy draws a batch to build the model; a resumed run
+    starts at a later epoch). Without it, every iteration draws the next order of one
+    seeded sequence, which suits a benchmark but depends on how often it was iterated.
 
     Under TensorFlow this is a ``tf.data`` pipeline: batch-level index gather, augmentation
     mapped in parallel, prefetch, so the CPU prepares the next batch while the model
@@ -90,20 +98,32 @@ def make_batches(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     augment = tuple(augment) if training else ()
     if _use_tf_data():
-        return _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot, deterministic)
-    return _numpy_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot)
+        return _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot, deterministic,
+                           epochs if training else None)
+    return _numpy_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot,
+                          epochs if training else None)
 
 
-def _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot, deterministic=None):
+def _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot, deterministic=None,
+                epochs=None):
     import tensorflow as tf
 
     n = len(y)
     images = tf.constant(x)
     labels = tf.constant(y)
-    ds = tf.data.Dataset.range(n)
-    if training:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    if epochs is not None:
+        def epoch_batches(epoch):
+            # Stateless: the order is a function of (seed, epoch) only, not of iterator state.
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+        ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
+    else:
+        ds = tf.data.Dataset.range(n)
+        if training:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size)
 
     def gather(idx):
         batch_x = tf.cast(tf.gather(images, idx), tf.float32)
@@ -129,9 +149,11 @@ def _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot,
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _numpy_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot):
+def _numpy_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot, epochs=None):
     """The backend-agnostic fallback: a ``keras.utils.PyDataset`` of numpy batches."""
     import keras
+
+    steps = -(-len(y) // batch_size)
 
     class NumpyBatches(keras.utils.PyDataset):
         def __init__(self):
@@ -139,16 +161,22 @@ def _numpy_batches(x, y, batch_size, num_classes, training, augment, seed, one_h
             self.layers = augmentation_layers(augment, seed) if augment else []
             self.rng = np.random.default_rng(seed)
             self.order = np.arange(len(y))
-            self.on_epoch_end()
+            self.epoch = None
+            if epochs is None:
+                self.on_epoch_end()
 
         def __len__(self):
-            return -(-len(y) // batch_size)
+            return steps * len(epochs) if epochs is not None else steps
 
         def on_epoch_end(self):
-            if training:
+            if training and epochs is None:
                 self.order = self.rng.permutation(len(y))
 
         def __getitem__(self, i):
+            if epochs is not None:
+                epoch, i = epochs[i // steps], i % steps
+                if epoch != self.epoch:  # the order is a function of (seed, epoch) only
+                    self.epoch, self.order = epoch, np.random.default_rng([seed, epoch]).permutation(len(y))
             idx = self.order[i * batch_size:(i + 1) * batch_size]
             bx = x[idx].astype(np.float32)
             for layer in self.layers:

@@ -154,13 +154,17 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
     # 3. Restore the committed state, or build the model and load its weights.
     ckpt, model, backbone, resumed = _restore_or_start(config, run, data, name, spec, image_size)
 
-    # 4. Input pipelines (same seed, same batches: runs are reproducible) and the range guard.
-    train_batches = make_batches(data.x_train, data.y_train, batch_size=config.batch_size, num_classes=num_classes,
-                                 training=True, augment=config.augment, seed=config.seed, deterministic=True)
+    # 4. Input pipelines and the range guard. Epoch e's batches depend on (seed, e) only, so
+    # a distributed or resumed run trains on the same batches as one uninterrupted device.
+    def train_batches(first: int, end: int):
+        return make_batches(data.x_train, data.y_train, batch_size=config.batch_size, num_classes=num_classes,
+                            training=True, augment=config.augment, seed=config.seed, deterministic=True,
+                            epochs=range(first, end))
+
     val_batches = make_batches(data.x_val, data.y_val, batch_size=config.batch_size, num_classes=num_classes,
                                training=False)
     if config.strategy != "linear-probe":
-        _input_guard(config, _first_batch(train_batches))
+        _input_guard(config, _first_batch(train_batches(ckpt.epochs_done, ckpt.epochs_done + 1)))
     else:
         _input_guard(config, data.x_train[: config.batch_size].astype(np.float32))
 
@@ -191,8 +195,9 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
                 if trains_batchnorm(backbone):
                     callbacks.append(BatchNormRecalibration(data.x_train, config.batch_size, config.seed))
                 compile_model(model, config, optimizer, num_classes)
-                model.fit(train_batches, validation_data=val_batches, initial_epoch=start, epochs=end,
-                          verbose=0, callbacks=callbacks, shuffle=False)  # the pipeline shuffles
+                model.fit(train_batches(start, end), steps_per_epoch=steps, validation_data=val_batches,
+                          initial_epoch=start, epochs=end, verbose=0, callbacks=callbacks,
+                          shuffle=False)  # the pipeline shuffles
             if callback.nan_at is not None:
                 ckpt.status = RunStatus.NAN
                 ckpt.extra["nan_at"] = {"epoch": callback.nan_at[0] + 1, "batch": callback.nan_at[1]}
