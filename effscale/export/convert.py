@@ -4,7 +4,7 @@ Every artifact takes what effscale's Keras models take: float 0-255 RGB pixels, 
 the model's resolution (the int8 TFLite takes uint8 pixels, the same numbers). Rescaling
 and normalisation stay inside the graph.
 
-Converters: Keras's own ``model.export`` for the SavedModel; tf2onnx on that SavedModel
+Converters: Keras's ``ExportArchive`` for the SavedModel (inference mode); tf2onnx on that SavedModel
 for ONNX; TensorFlow's ``TFLiteConverter`` from it for TFLite, because only it takes
 the quantisation settings (float16 weights; full-integer int8 with a representative
 dataset). Every artifact is written beside its destination and renamed into place, so a
@@ -127,6 +127,21 @@ def _tflite_bytes(saved_model: Path, quantize: str, calibration: np.ndarray | No
         return converter.convert()
 
 
+def _saved_model(model, saved: Path) -> None:
+    """The SavedModel of ``model(x, training=False)``. Keras's ``model.export`` traces the
+    model without a training flag, and a backbone nested in another model (a transfer run's
+    model, its frozen prefix) then keeps its dropout and drop-connect active in the
+    artifact: outputs that change from call to call, and random ops TFLite cannot convert."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((None, *model.input.shape[1:]), model.input.dtype, name=model.input.name)
+    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
+    archive.write_out(str(saved), verbose=False)
+
+
 def _onnx_from_saved_model(saved: Path, out: Path) -> None:
     """tf2onnx's command line on the SavedModel. Keras's own ONNX export traces the live
     model and turns the Normalization layer's cached mean and variance into graph inputs
@@ -157,7 +172,7 @@ def export(model, out: str | os.PathLike, fmt: str, quantize: str = "none",
         work = Path(work)
         saved = work / "saved_model"
         try:
-            model.export(str(saved), format="tf_saved_model", verbose=False)
+            _saved_model(model, saved)
             if fmt == "onnx":
                 _onnx_from_saved_model(saved, work / "model.onnx")
                 _replace(work / "model.onnx", out)
