@@ -6,6 +6,7 @@ tiny prefix for real, and the end-to-end runs through the command are @slow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -135,7 +136,8 @@ def _tiny_prefix(native_shape, image_size=48):
 
     keras.utils.set_random_seed(0)
     config = TransferConfig(strategy="top-blocks", blocks=1)
-    model, backbone = build_transfer_model(config, tiny_network(8), native_shape, 10, image_size)
+    spec = dataclasses.replace(tiny_network(8, repeats=3), drop_connect_rate=0.2)  # block2b_drop in the prefix
+    model, backbone = build_transfer_model(config, spec, native_shape, 10, image_size)
     configure_phase(model, backbone, config, "top-blocks")
     cut = cut_layer(backbone, "top-blocks")
     return split_model(model, backbone, cut, HEAD_LAYERS)[0]
