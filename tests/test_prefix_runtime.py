@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,14 @@ def test_litert_activations_equal_keras_on_a_tiny_prefix():
     require("ai_edge_litert", "test")
     prefix = _tiny_prefix((24, 40, 3))
     x = np.random.default_rng(1).integers(0, 256, (37, 24, 40, 3)).astype(np.uint8)
-    opened = PR.open_compute("litert", prefix, x, required=True)
+    pytest_handlers = logging.root.handlers[:]
+    logging.root.handlers.clear()  # as in a plain process, where absl's logging.basicConfig() would act
+    try:
+        opened = PR.open_compute("litert", prefix, x, required=True)
+        left = logging.root.handlers[:]
+    finally:
+        logging.root.handlers[:] = pytest_handlers
+    assert not left  # a stderr handler here would print a transfer run's INFO log on the console
     assert opened.runtime == "litert" and opened.difference <= PR.TOLERANCE and opened.convert_s > 0
     reference = prefix.predict(x.astype(np.float32), verbose=0)
     got = opened.compute(x)

@@ -13,6 +13,8 @@ crash never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -127,6 +129,20 @@ def _tflite_bytes(saved_model: Path, quantize: str, calibration: np.ndarray | No
         return converter.convert()
 
 
+@contextlib.contextmanager
+def _root_logger_kept():
+    """absl's ``logging.info`` (the SavedModel writer's "signatures" notice, say) calls
+    ``logging.basicConfig()`` when absl is not set up, which leaves a stderr handler on the
+    root logger: every later INFO record of the process (a transfer run's debug log) would
+    reach the console. Remove what was added."""
+    before = list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in logging.root.handlers if h not in before]:
+            logging.root.removeHandler(handler)
+
+
 def _saved_model(model, saved: Path) -> None:
     """The SavedModel of ``model(x, training=False)``. Keras's ``model.export`` traces the
     model without a training flag, and a backbone nested in another model (a transfer run's
@@ -168,7 +184,7 @@ def export(model, out: str | os.PathLike, fmt: str, quantize: str = "none",
         raise ArtifactError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if quantize != "none" and fmt != "tflite":
         raise ConfigError(f"--quantize {quantize} applies to TFLite only, not {fmt}")
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work, _root_logger_kept():
         work = Path(work)
         saved = work / "saved_model"
         try:
