@@ -94,6 +94,34 @@ def test_export_bad_input(run_cli, tmp_path):
         _one_line_error(err, start)
 
 
+@pytest.mark.parametrize("fmt, name", [("savedmodel", "saved"), ("tflite", "m.tflite")])
+def test_a_nested_backbone_exports_in_inference_mode(tmp_path, fmt, name):
+    """A transfer model (backbone nested, drop-connect and dropout): Keras's model.export
+    left both active in the artifact; the artifact must compute what predict() does."""
+    import dataclasses
+
+    from effscale.backend import set_defaults
+
+    set_defaults()
+    import keras
+
+    from effscale.export.convert import export
+    from effscale.export.runtimes import runner_for
+    from effscale.transfer.config import TransferConfig
+    from effscale.transfer.model import build_transfer_model
+    from test_transfer_train import tiny_network
+
+    keras.utils.set_random_seed(0)
+    spec = dataclasses.replace(tiny_network(8), drop_connect_rate=0.5)
+    model, _ = build_transfer_model(TransferConfig(dropout=0.5), spec, (32, 32, 3), 10, 48)
+    head = model.get_layer("predictions")
+    head.set_weights([np.random.default_rng(0).normal(size=w.shape).astype(np.float32) for w in head.get_weights()])
+    x = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3)).astype(np.float32)
+    path = export(model, tmp_path / name, fmt)
+    got = runner_for(fmt, path).predict(x, 3)
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
+
+
 @pytest.mark.slow
 def test_tflite_and_onnx_agree_with_keras_and_bench_reads_them(run_cli, tmp_path):
     images = str(shared_file("imagenette-val-500.tar.gz"))

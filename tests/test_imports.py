@@ -11,7 +11,7 @@ CORE = ["errors", "net.arch", "net.scaling", "net.cost", "schemas", "scale.repor
         "plots", "weights.load", "grid.executors", "transfer", "transfer.runner", "transfer.checkpoints",
         "weights.resolve", "weights.pth", "data.records", "data.cifar", "data.folders",
         "data.datasets", "api", "grid", "grid.run", "grid.progress", "grid.stats", "grid.confirm",
-        "grid.checkpoints", "grid.workers", "transfer.cache", "transfer.probe",
+        "grid.checkpoints", "grid.workers", "transfer.cache", "transfer.probe", "transfer.prefix_runtime",
         "bench.targets", "bench.stats", "bench.search", "bench.report", "export.artifacts",
         "cli", "cli.options", "cli.scale", "cli.bench", "cli.export", "cli.report", "cli.grid", "cli.transfer", "cli.evaluate"]
 

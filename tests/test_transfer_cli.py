@@ -20,6 +20,7 @@ BAD_INPUT = [
     (["--weights", "nope.weights.h5"], 1, "weights file nope.weights.h5 does not exist"),
     (["--augment", "flip,blur"], 2, "unknown augmentation blur"),
     (["--strategy", "all"], 2, "'all' is not one of"),
+    (["--prefix-runtime", "tpu"], 2, "'tpu' is not one of 'auto', 'keras', 'litert'"),
 ]
 
 
@@ -131,6 +132,19 @@ def test_resume_with_the_stored_preset_is_not_a_change(run_cli, in_tmp):
     code, out, err = run_cli("transfer", "--resume", str(run.path), "--preset", "smoke", "--print-config")
     assert code == 0, err
     assert json.loads(out)["epochs"] == 3  # the flag given with the preset at creation still holds
+
+
+def test_a_run_from_before_a_setting_existed_still_resumes(run_cli, in_tmp):
+    """Its manifest lacks the new setting (here prefix_runtime): that counts as the default."""
+    run = _stored_run(in_tmp / "run", dataset="synthetic", weights="none", epochs=3, image_size=32)
+    manifest = json.loads(run.manifest_path.read_text())
+    del manifest["config"]["prefix_runtime"]
+    run.manifest_path.write_text(json.dumps(manifest))
+    code, out, err = run_cli("transfer", "--resume", str(run.path), "--print-config")
+    assert code == 0, err
+    assert json.loads(out)["prefix_runtime"] == "auto"
+    code, _, err = run_cli("transfer", "--resume", str(run.path), "--prefix-runtime", "keras", "--print-config")
+    assert code == 1 and "was created with no prefix_runtime setting; this command asks for prefix_runtime=keras" in err
 
 
 def test_single_class_dataset_is_refused_before_a_run_dir_exists(run_cli, in_tmp):

@@ -27,6 +27,7 @@ def test_seed_recipe_is_the_groups_settings():
 
 def test_default_recipe_is_the_dataclass_defaults():
     assert resolve_transfer_config() == TransferConfig().validate()
+    assert TransferConfig().prefix_runtime == "auto"
     assert RECIPES["default"] == {}
 
 
@@ -72,6 +73,8 @@ def test_unknown_keys_and_bad_json(tmp_path):
     ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
     ({"augment": ("blur",)}, "unknown augmentation blur"),
     ({"limit_train": 0}, "limit-train must be at least 1"),
+    ({"prefix_runtime": "onnx"}, "prefix-runtime must be one of auto, keras, litert, got 'onnx'"),
+    ({"prefix_runtime": "litert", "precision": "mixed_bfloat16"}, "litert runs the prefix in float32"),
 ])
 def test_validation(override, message):
     with pytest.raises(ConfigError, match=message):

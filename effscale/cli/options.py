@@ -18,3 +18,19 @@ class Number(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+AUGMENT_HELP = "Comma-separated: flip, crop, rotate, zoom, normalize; or 'none'."
+
+
+def augment_list(ctx, param, value):
+    """``--augment flip,crop`` as a tuple of known names; ``none`` is the empty tuple."""
+    if value is None:
+        return None
+    names = [] if value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+    from effscale.data.datasets import AUGMENTATIONS
+
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise click.BadParameter(f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
+    return tuple(names)

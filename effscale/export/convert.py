@@ -4,7 +4,7 @@ Every artifact takes what effscale's Keras models take: float 0-255 RGB pixels, 
 the model's resolution (the int8 TFLite takes uint8 pixels, the same numbers). Rescaling
 and normalisation stay inside the graph.
 
-Converters: Keras's own ``model.export`` for the SavedModel; tf2onnx on that SavedModel
+Converters: Keras's ``ExportArchive`` for the SavedModel (inference mode); tf2onnx on that SavedModel
 for ONNX; TensorFlow's ``TFLiteConverter`` from it for TFLite, because only it takes
 the quantisation settings (float16 weights; full-integer int8 with a representative
 dataset). Every artifact is written beside its destination and renamed into place, so a
@@ -13,6 +13,8 @@ crash never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -127,6 +129,35 @@ def _tflite_bytes(saved_model: Path, quantize: str, calibration: np.ndarray | No
         return converter.convert()
 
 
+@contextlib.contextmanager
+def _root_logger_kept():
+    """absl's ``logging.info`` (the SavedModel writer's "signatures" notice, say) calls
+    ``logging.basicConfig()`` when absl is not set up, which leaves a stderr handler on the
+    root logger: every later INFO record of the process (a transfer run's debug log) would
+    reach the console. Remove what was added."""
+    before = list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in logging.root.handlers if h not in before]:
+            logging.root.removeHandler(handler)
+
+
+def _saved_model(model, saved: Path) -> None:
+    """The SavedModel of ``model(x, training=False)``. Keras's ``model.export`` traces the
+    model without a training flag, and a backbone nested in another model (a transfer run's
+    model, its frozen prefix) then keeps its dropout and drop-connect active in the
+    artifact: outputs that change from call to call, and random ops TFLite cannot convert."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((None, *model.input.shape[1:]), model.input.dtype, name=model.input.name)
+    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
+    archive.write_out(str(saved), verbose=False)
+
+
 def _onnx_from_saved_model(saved: Path, out: Path) -> None:
     """tf2onnx's command line on the SavedModel. Keras's own ONNX export traces the live
     model and turns the Normalization layer's cached mean and variance into graph inputs
@@ -153,11 +184,11 @@ def export(model, out: str | os.PathLike, fmt: str, quantize: str = "none",
         raise ArtifactError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if quantize != "none" and fmt != "tflite":
         raise ConfigError(f"--quantize {quantize} applies to TFLite only, not {fmt}")
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work, _root_logger_kept():
         work = Path(work)
         saved = work / "saved_model"
         try:
-            model.export(str(saved), format="tf_saved_model", verbose=False)
+            _saved_model(model, saved)
             if fmt == "onnx":
                 _onnx_from_saved_model(saved, work / "model.onnx")
                 _replace(work / "model.onnx", out)

@@ -115,7 +115,7 @@ class TFLiteRunner(Runner):
 
     def prepare(self, batch: int) -> None:
         super().prepare(batch)
-        shape = [batch, self.input_size, self.input_size, 3]
+        shape = [batch, *(int(d) for d in self.inp["shape"][1:])]  # any image shape, square or not
         self.interpreter.resize_tensor_input(self.inp["index"], shape)
         with native_stderr_captured():
             self.interpreter.allocate_tensors()

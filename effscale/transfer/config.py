@@ -25,6 +25,9 @@ SCHEDULES = ("cosine", "constant", "exponential", "inverse-time")
 POOLINGS = ("avg", "max")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 INPUT_CHECKS = ("error", "warn")
+# What runs the frozen prefix in the caching pass (effscale.transfer.prefix_runtime).
+PREFIX_RUNTIMES = ("auto", "keras", "litert")
+DEFAULT_PREFIX_RUNTIME = "auto"  # LiteRT when it is available, else Keras
 MIN_IMAGE_SIZE = 32  # five stride-2 stages: 32 px leaves a 1x1 feature map
 # Upper bounds: beyond these a value is a typo (an extra zero, 1e9), and training with it
 # would fail much later (out of memory, an overflow deep in Keras) or run for ever.
@@ -93,6 +96,7 @@ class TransferConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     precision: str = "float32"
+    prefix_runtime: str = DEFAULT_PREFIX_RUNTIME  # the caching pass of frozen-bottom strategies
     input_check: str = "error"  # pretrained weights + 0-1 inputs: refuse (error) or warn
     seed: int = 0
 
@@ -179,6 +183,10 @@ class TransferConfig:
         choice("pooling", POOLINGS)
         choice("precision", PRECISIONS)
         choice("input_check", INPUT_CHECKS)
+        choice("prefix_runtime", PREFIX_RUNTIMES)
+        if self.prefix_runtime == "litert" and self.precision != "float32":
+            raise ConfigError(f"prefix-runtime litert runs the prefix in float32, not {self.precision}; pass "
+                              "--prefix-runtime keras (or auto, which picks Keras for mixed precision)")
         if self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         if self.preset is not None and self.preset not in PRESETS:

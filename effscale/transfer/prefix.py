@@ -21,6 +21,7 @@ normalize keeps the uncached path (``uses_cached_prefix``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -32,11 +33,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from effscale import console  # noqa: E402
+from effscale.transfer import prefix_runtime  # noqa: E402
 from effscale.transfer.cache import VIEWS, ActivationCache, cache_key, epoch_order, gather  # noqa: E402
 
 log = logging.getLogger("effscale.transfer.train")
 
-PREFIX_BATCH = 128  # the caching pass is inference only: larger batches, no gradients
 PREDICT_BATCH = 512
 
 
@@ -156,24 +157,43 @@ class CachedTop:
                     "pooling": self.config.pooling, "precision": self.config.precision,
                     "backend": keras.backend.backend()}
         weights = [keras.ops.convert_to_numpy(w) for w in prefix.weights]
+        splits = (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val))
+
+        @functools.cache
+        def caches(runtime: str) -> tuple[ActivationCache, ...]:
+            described = prefix_runtime.key_describe(describe, runtime)
+            return tuple(ActivationCache(self._cache_root(), cache_key(described, x, weights), len(x), shape)
+                         for _, x, _ in splits)
+
         t0 = time.monotonic()
-        for split, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val)):
-            key = cache_key(describe, x, weights)
-            cache = ActivationCache(self._cache_root(), key, len(x), shape)
+        # The runtime is part of the key: chosen from the settings and what is on disk, so a
+        # resumed pass continues under the key it started with (prefix_runtime explains).
+        runtime = prefix_runtime.choose_runtime(self.config.prefix_runtime, self.config.precision,
+                                                lambda r: any(c.done_chunks() for c in caches(r)))
+        compute = None
+        if not all(c.complete() for c in caches(runtime)):
+            opened = prefix_runtime.open_compute(runtime, prefix, data.x_train,
+                                                 required=self.config.prefix_runtime == "litert")
+            runtime, compute = opened.runtime, opened.compute
+            if opened.convert_s:
+                spent = self.ckpt.extra.get("prefix_convert_s", 0.0) + opened.convert_s
+                self.ckpt.extra["prefix_convert_s"] = round(spent, 3)
+        label = prefix_runtime.LABELS[runtime]
+        for (split, x, y), cache in zip(splits, caches(runtime)):
             done = len(cache.done_chunks())
             size = f"{cache.nbytes / 2**20:,.0f} MiB"
             if done < cache.num_chunks:
-                console.info(f"{split}: caching the frozen prefix (up to {cut}, {'x'.join(map(str, shape))} per "
-                             f"image, {len(VIEWS)} views, {size} float16)"
+                console.info(f"{split}: caching the frozen prefix on {label} (up to {cut}, "
+                             f"{'x'.join(map(str, shape))} per image, {len(VIEWS)} views, {size} float16)"
                              + (f", {done}/{cache.num_chunks} chunks already cached" if done else ""))
-            cache.fill(x, lambda images: prefix.predict(images.astype(np.float32), batch_size=PREFIX_BATCH,
-                                                        verbose=0))
+            cache.fill(x, compute)
             self.stores[split] = cache.load()
             self.labels[split] = np.asarray(y, dtype=np.int64)
             where = "memory-mapped" if cache.memory_mapped() else "in RAM"
             console.info(f"{split} activations ({'x'.join(map(str, shape))} per image and view, {size}, {where}): "
                          + ("reused from the cache" if done == cache.num_chunks else "computed once and cached"))
             self.ckpt.extra[f"activations_{split}"] = str(cache.path)
+        self.ckpt.extra["prefix_runtime"] = runtime
         self.ckpt.extra["cut"] = cut
         self.ckpt.extra["prefix_time_s"] = round(self.ckpt.extra.get("prefix_time_s", 0.0) + time.monotonic() - t0, 3)
         if "crop" in self.config.augment:

@@ -69,8 +69,12 @@ def resume_config(run_dir, *, recipe: str | None = None, preset: str | None = No
 
 
 def check_resume(run: RunDir, config: TransferConfig) -> None:
-    """Refuse to resume ``run`` with settings other than those it was created with."""
-    run.check_resume(config.to_dict())
+    """Refuse to resume ``run`` with settings other than those it was created with. A setting
+    added to ``TransferConfig`` after the run was created counts as its default there, so a
+    run from an older effscale still resumes when that setting is left alone."""
+    stored = run.read_manifest().get("config") or {}
+    defaults = TransferConfig().to_dict()
+    run.check_resume({k: v for k, v in config.to_dict().items() if k in stored or v != defaults[k]})
 
 
 def precheck(config: TransferConfig):
