@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 
@@ -281,6 +282,56 @@ class _Hoards(FakeTrainer):
     def __call__(self, spec):
         _BALLAST.append(np.ones(150 * 2**20, dtype=np.uint8))  # ones: the pages are touched
         return super().__call__(spec)
+
+
+class _Sleeps:
+    """A trial that takes two minutes: long enough to see whether its worker outlives the driver."""
+
+    def __call__(self, spec):
+        import time
+
+        time.sleep(120)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc")
+def test_a_worker_ends_when_its_driver_is_killed_mid_trial():
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    driver = (
+        "import pickle, time\n"
+        "from effscale.grid.workers import _Worker\n"
+        "from effscale.grid.search import Candidate, TrialSpec\n"
+        "from test_trials import _Sleeps\n"
+        "w = _Worker(pickle.dumps(_Sleeps()), threads=1)\n"
+        "w.send(TrialSpec(Candidate(1.2, 1.1, 1.15), 'paper', 0, 0, 1))\n"
+        "print(w.process.pid, flush=True)\n"
+        "time.sleep(120)\n")
+    process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).parent)
+    worker = int(process.stdout.readline())
+    try:
+        time.sleep(2)  # the worker is in its trial now
+        assert _running(worker)
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(worker), "the worker trained on after its driver was killed"
+    finally:
+        if _running(worker):
+            os.kill(worker, 9)
 
 
 def test_workers_holding_too_much_memory_are_replaced_between_candidates(tmp_path):

@@ -64,6 +64,7 @@ def serve(fd: int) -> None:
     would start workers recursively.
     """
     conn = Connection(fd)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     run_trial = pickle.loads(conn.recv_bytes())
     while True:
         try:
@@ -79,6 +80,18 @@ def serve(fd: int) -> None:
             conn.send(("error", type(exc).__name__, " ".join(str(exc).split()), time.perf_counter() - began))
         else:
             conn.send(("ok", result, None, time.perf_counter() - began))
+
+
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """End this worker once the driver is gone (killed, or ended by SIGTERM without cleanup).
+
+    A worker in the middle of a trial would otherwise train on for minutes, orphaned, for a
+    result nobody can record; the resumed search runs that trial again anyway.
+    """
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _drain(stream, pid: int) -> None:
