@@ -1,6 +1,7 @@
 """The tuned probe: L2 chosen on held-out training images, flips averaged (no Keras)."""
 
 import numpy as np
+import pytest
 
 from effscale.transfer.probe import Probe, fit_probe
 
@@ -77,8 +78,40 @@ def test_sweep_stops_early_and_refit_warm_starts():
     grid = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
     probe = fit_probe(x[None], y, 4, l2_grid=grid, log=lines.append)
     tried = list(probe.holdout)
-    assert len(tried) == len(lines) and tried == list(grid[: len(tried)])
+    grid_tried = [l2 for l2 in tried if l2 <= grid[0]]  # the sweep may look past 1.0 if it wins
+    assert tried[: len(grid_tried)] == list(grid[: len(grid_tried)]) and len(tried) == len(lines)
+    tried = grid_tried
     assert len(tried) < len(grid), probe.holdout  # this noisy problem peaks early
     best = max(probe.holdout.values())
     assert all(a < best for a in list(probe.holdout.values())[-2:])  # the two after the best lost
     assert probe.l2 == max(probe.holdout, key=lambda k: (probe.holdout[k], k))
+
+
+def test_the_sweep_looks_past_the_strongest_value_only_while_it_wins():
+    from effscale.transfer.probe import stronger_l2
+
+    half_decade = 10**-0.5
+    assert stronger_l2({0.1: 0.80, 0.03: 0.79, 0.01: 0.78}) == pytest.approx(half_decade, rel=1e-12)
+    assert stronger_l2({0.1: 0.80, 0.03: 0.80}) is None  # a tie: the peak is flat here
+    assert stronger_l2({0.1: 0.78, 0.03: 0.80}) is None  # the peak is inside the grid
+    assert stronger_l2({half_decade: 0.81, 0.1: 0.80}) == 1.0
+    assert stronger_l2({half_decade: 0.79, 0.1: 0.80}) is None  # went past the peak: stop
+    assert stronger_l2({10.0: 0.9, 10**0.5: 0.8}) is None  # the cap: a head that barely moves
+    assert stronger_l2({0.1: 0.8}) is None  # one value: nothing to compare
+
+
+def test_a_grid_of_weak_penalties_is_extended_to_the_peak():
+    """Noisy labels want a strong penalty (about 0.1 here, from a sweep over 1..1e-4); a grid
+    of weak ones starts below it and the sweep climbs past its strongest value to find it."""
+    rng = np.random.default_rng(4)
+    x, y = _blobs(1000, d=60, noise=3.0, seed=4)
+    flip = rng.random(len(y)) < 0.3
+    y = np.where(flip, rng.integers(0, 4, len(y)), y)
+    lines = []
+    probe = fit_probe(x[None], y, 4, l2_grid=(1e-2, 1e-3), log=lines.append)
+    assert max(probe.holdout) >= 0.1, probe.holdout  # it looked past the grid
+    assert sum("past the grid's strongest" in line for line in lines) == len(probe.holdout) - 2
+    grid_best = max(probe.holdout[1e-2], probe.holdout[1e-3])
+    assert probe.holdout[probe.l2] >= grid_best + 0.03 and probe.l2 >= 0.1
+    strongest = max(probe.holdout)  # the last one tried did not beat the others
+    assert probe.holdout[strongest] <= max(v for k, v in probe.holdout.items() if k != strongest)

@@ -11,6 +11,7 @@ image with that strength. Flip views enter training as extra rows and are averag
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,24 @@ MAX_ITER = 300
 # CIFAR-10: 81.9, 82.9, 83.5, 82.9 ... %); the weaker penalties after the peak also take the
 # most L-BFGS steps, so the sweep stops once PATIENCE values in a row score below the best.
 PATIENCE = 2
+# When the strongest penalty of the grid scores best, the peak may lie beyond it (few
+# images, many features): the sweep goes on upwards by half a decade, up to this.
+MAX_L2 = 10.0
+
+
+def stronger_l2(scores: dict[float, float], max_l2: float = MAX_L2) -> float | None:
+    """The next, stronger L2 to try, or None once the peak is inside the values tried.
+
+    ``scores`` maps each strength tried to its held-out top-1. The sweep extends only while
+    the strongest value tried beats every other (a tie says the peak is flat there: stop);
+    the steps are the half decades 10^(k/2).
+    """
+    strongest = max(scores)
+    others = [score for l2, score in scores.items() if l2 != strongest]
+    if not others or scores[strongest] <= max(others):
+        return None
+    nxt = 10 ** ((round(2 * math.log10(strongest)) + 1) / 2)
+    return nxt if nxt <= max_l2 * (1 + 1e-9) else None
 
 
 @dataclass
@@ -137,6 +156,19 @@ def fit_probe(views: np.ndarray, labels: np.ndarray, num_classes: int, *, l2_gri
                 log(f"probe l2={l2:g}: held-out top-1 {100 * acc:.2f}% ({nit} L-BFGS steps)")
             if sweep_done(list(scores.values())):
                 break
+        # The best was the strongest penalty of the grid: look past it (cold starts, as the
+        # stronger fits are near the uniform head anyway).
+        while (l2 := stronger_l2(scores)) is not None:
+            fitted, _, nit = _fit(x_fit, y_fit, num_classes, l2, None, max_iter)
+            w, b = fitted[: d * num_classes].reshape(d, num_classes), fitted[d * num_classes:]
+            acc = float((Probe(w.astype(np.float32), b.astype(np.float32), l2).predict_proba(scaled[:, hold])
+                         .argmax(axis=1) == labels[hold]).mean())
+            if acc >= max(scores.values()):
+                best_start = fitted
+            scores[l2] = acc
+            if log is not None:
+                log(f"probe l2={l2:g}: held-out top-1 {100 * acc:.2f}% ({nit} L-BFGS steps; "
+                    "past the grid's strongest)")
         # Ties go to the stronger penalty (first in the grid): the smoother head.
         best_l2 = max(scores, key=lambda k: (scores[k], k))
         del x_fit
