@@ -21,7 +21,7 @@ set_defaults()
 AUGMENTATIONS = {
     # name: what it does (documented in docs/transfer.md)
     "flip": "random horizontal flip",
-    "crop": "random translation by up to 1/8 of the side, reflect padding (CIFAR's pad-4-and-crop)",
+    "crop": "reflect-pad by 1/8 of the side, crop back at a random integer shift (CIFAR's pad-4-and-crop)",
     "rotate": "random rotation up to 15 degrees",
     "zoom": "random zoom in/out up to 10%",
     "normalize": "divide pixels by 255 (the seed recipe's mistake: the models expect 0-255)",
@@ -38,22 +38,11 @@ def check_augment(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def augmentation_layers(names: Sequence[str], seed: int = 0) -> list:
-    """Keras preprocessing layers for ``names`` (they run inside tf.data or eagerly)."""
-    import keras
+    """Keras preprocessing layers for the stateful augmentations in ``names`` (rotate, zoom,
+    normalize); flip and crop are stateless functions (``effscale.data.augment``)."""
+    from effscale.data.augment import keras_layers
 
-    check_augment(names)
-    layers = []
-    if "flip" in names:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if "crop" in names:
-        layers.append(keras.layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed + 1))
-    if "rotate" in names:
-        layers.append(keras.layers.RandomRotation(15 / 360, fill_mode="reflect", seed=seed + 2))
-    if "zoom" in names:
-        layers.append(keras.layers.RandomZoom(0.1, 0.1, fill_mode="reflect", seed=seed + 3))
-    if "normalize" in names:
-        layers.append(keras.layers.Rescaling(1.0 / 255.0))
-    return layers
+    return keras_layers(check_augment(names), seed)
 
 
 def _use_tf_data() -> bool:
@@ -88,6 +77,11 @@ def make_batches(
     starts at a later epoch). Without it, every iteration draws the next order of one
     seeded sequence, which suits a benchmark but depends on how often it was iterated.
 
+    ``flip`` and ``crop`` are functions of ``(seed, epoch, batch index in the epoch)``
+    (``effscale.data.augment``), so with ``epochs`` a resumed run augments exactly as an
+    uninterrupted one; without it, the batch index counts within the pass, epoch 0.
+    ``rotate`` and ``zoom`` are Keras layers whose draws are not reproducible.
+
     Under TensorFlow this is a ``tf.data`` pipeline: batch-level index gather, augmentation
     mapped in parallel, prefetch, so the CPU prepares the next batch while the model
     trains. Other backends get a ``keras.utils.PyDataset`` doing the same in numpy.
@@ -108,6 +102,8 @@ def _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot,
                 epochs=None):
     import tensorflow as tf
 
+    from effscale.data.augment import tf_flip_crop
+
     n = len(y)
     images = tf.constant(x)
     labels = tf.constant(y)
@@ -116,32 +112,28 @@ def _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot,
             # Stateless: the order is a function of (seed, epoch) only, not of iterator state.
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+            batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+            return batches.map(lambda step, idx: (epoch, step, idx))
 
         ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
     else:
         ds = tf.data.Dataset.range(n)
         if training:
             ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size)
+        ds = ds.batch(batch_size).enumerate().map(lambda step, idx: (tf.constant(0, tf.int64), step, idx))
+    layers = augmentation_layers(augment, seed) if augment else []
 
-    def gather(idx):
+    def prepare(epoch, step, idx):
         batch_x = tf.cast(tf.gather(images, idx), tf.float32)
+        batch_x = tf_flip_crop(batch_x, augment, seed, epoch, step)
+        for layer in layers:
+            batch_x = layer(batch_x, training=True)
         batch_y = tf.gather(labels, idx)
         if one_hot:
             batch_y = tf.one_hot(batch_y, num_classes, dtype=tf.float32)
         return batch_x, batch_y
 
-    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    if augment:
-        layers = augmentation_layers(augment, seed)
-
-        def apply(batch_x, batch_y):
-            for layer in layers:
-                batch_x = layer(batch_x, training=True)
-            return batch_x, batch_y
-
-        ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     # Training batches may arrive out of order for speed unless ``deterministic`` (the grid
     # search asks for it: a trial's score must not depend on thread timing).
@@ -152,6 +144,8 @@ def _tf_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot,
 def _numpy_batches(x, y, batch_size, num_classes, training, augment, seed, one_hot, epochs=None):
     """The backend-agnostic fallback: a ``keras.utils.PyDataset`` of numpy batches."""
     import keras
+
+    from effscale.data.augment import numpy_flip_crop
 
     steps = -(-len(y) // batch_size)
 
@@ -173,12 +167,13 @@ def _numpy_batches(x, y, batch_size, num_classes, training, augment, seed, one_h
                 self.order = self.rng.permutation(len(y))
 
         def __getitem__(self, i):
+            epoch = 0  # without ``epochs``: a batch's augmentation depends on its index in the pass
             if epochs is not None:
                 epoch, i = epochs[i // steps], i % steps
                 if epoch != self.epoch:  # the order is a function of (seed, epoch) only
                     self.epoch, self.order = epoch, np.random.default_rng([seed, epoch]).permutation(len(y))
             idx = self.order[i * batch_size:(i + 1) * batch_size]
-            bx = x[idx].astype(np.float32)
+            bx = numpy_flip_crop(x[idx].astype(np.float32), augment, seed, epoch, i)
             for layer in self.layers:
                 bx = keras.ops.convert_to_numpy(layer(bx, training=True))
             by = y[idx]
