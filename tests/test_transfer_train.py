@@ -93,8 +93,8 @@ def _wait_for_epoch(run_dir: Path, epoch: int, proc, timeout: float = 240) -> No
 def test_kill_9_then_resume_keeps_every_epoch_once(run_cli, tiny, tmp_path):
     run_dir = tmp_path / "run"
     # Augmentation stays on (flip, crop): its draws are a function of (seed, epoch, batch).
-    # Dropout is off: its Keras seed generator starts over on resume.
-    extra = ("--epochs", "4", "--limit-train", "640", "--schedule", "cosine", "--dropout", "0",
+    # Dropout is on: the checkpoint keeps where its random stream stands.
+    extra = ("--epochs", "4", "--limit-train", "640", "--schedule", "cosine", "--dropout", "0.3",
              "--augment", "flip,crop")
     args = base_args(tiny, run_dir, *extra)
     proc = subprocess.Popen([sys.executable, "-m", "effscale", *args], cwd=tmp_path, stdout=subprocess.PIPE,

@@ -96,6 +96,7 @@ class Checkpointer:
 
     def commit(self, model, row: dict) -> None:
         self.ckpt.mkdir(parents=True, exist_ok=True)
+        self.extra["seed_states"] = seed_states(model)
         epoch = row["epoch"]
         pending = self.run.pending_checkpoint(epoch)
         model.save(str(pending))
@@ -124,3 +125,38 @@ class Checkpointer:
         for row in self.history:
             writer.writerow(row)
         atomic_write_text(self.run.history_path, buffer.getvalue())
+
+
+def _seed_generators(model, prefix: str = ""):
+    """``(name, SeedGenerator)`` of every layer, nested models included, named by layer path."""
+    import keras
+
+    for layer in getattr(model, "layers", []):
+        name = f"{prefix}{layer.name}"
+        for attr, value in sorted(vars(layer).items()):
+            if isinstance(value, keras.random.SeedGenerator):
+                yield f"{name}.{attr}", value
+        yield from _seed_generators(layer, f"{name}/")
+
+
+def seed_states(model) -> dict[str, list[int]]:
+    """Where each dropout/drop-connect random stream stands: ``.keras`` files do not keep it,
+    so a resumed run would draw the first epoch's dropout masks again."""
+    import keras
+
+    return {name: [int(v) for v in keras.ops.convert_to_numpy(gen.state.value)]
+            for name, gen in _seed_generators(model)}
+
+
+def restore_seed_states(model, states: dict | None) -> int:
+    """Put saved random-stream positions back; returns how many were restored."""
+    if not states:
+        return 0
+    import numpy as np
+
+    restored = 0
+    for name, gen in _seed_generators(model):
+        if name in states:
+            gen.state.assign(np.asarray(states[name], dtype=gen.state.dtype))
+            restored += 1
+    return restored

@@ -35,7 +35,7 @@ from effscale.runs import RunDir  # noqa: E402
 from effscale.transfer.callbacks import (  # noqa: E402
     BatchNormRecalibration, EpochCallback, progress_bar, trains_batchnorm,
 )
-from effscale.transfer.checkpoints import Checkpointer, RunStatus  # noqa: E402
+from effscale.transfer.checkpoints import Checkpointer, RunStatus, restore_seed_states  # noqa: E402
 from effscale.transfer.config import TransferConfig  # noqa: E402
 from effscale.transfer.model import (  # noqa: E402
     BACKBONE, HEAD_LAYERS, build_transfer_model, load_backbone_weights,
@@ -244,6 +244,7 @@ def _restore_or_start(config, run, data, name, spec, image_size):
     if resumed:
         console.info(f"resuming {run.path} after epoch {ckpt.epochs_done}/{config.epochs}")
         model = keras.models.load_model(str(run.last_checkpoint), compile=True)
+        restore_seed_states(model, ckpt.extra.get("seed_states"))
         backbone = model.get_layer(BACKBONE)
     else:
         model, backbone = build_transfer_model(config, spec, data.image_shape, data.num_classes, image_size)
