@@ -83,3 +83,13 @@ def test_report_command_never_imports_keras(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
     assert "Most confused pairs" in result.stdout and "| dog" in result.stdout
+
+
+def test_the_summary_shows_the_epochs_the_run_planned_not_the_flag():
+    from effscale.transfer.report import summary_record
+
+    probe = summary_record({"config": {"strategy": "linear-probe", "epochs": 10}},
+                           {"epochs_done": 1, "epochs_planned": 1, "status": "complete"}, {})
+    assert probe["epochs"] == "1/1"
+    interrupted = summary_record({"config": {"strategy": "full", "epochs": 10}}, None, {"epoch": 3})
+    assert interrupted["epochs"] == "3/10"

@@ -110,7 +110,8 @@ def summary_record(manifest: dict, metrics: dict | None, state: dict | None) -> 
         "weights": config.get("weights"),
         "image_size": metrics.get("image_size") or config.get("image_size"),
         "status": status,
-        "epochs": f"{done}/{config.get('epochs')}",
+        # A tuned linear probe is one fit, not --epochs epochs: the run records what it planned.
+        "epochs": f"{done}/{metrics.get('epochs_planned') or config.get('epochs')}",
         "best_epoch": metrics.get("best_epoch", state.get("best_epoch")),
         "top1": metrics.get("top1"),
         "top5": metrics.get("top5"),
