@@ -160,14 +160,21 @@ def test_scale_target_latency_bad_input(run_cli):
 
 
 @pytest.mark.slow
-def test_bench_measures_a_small_model(run_cli, tmp_path):
+def test_bench_measures_a_small_model(tmp_path):
     import json
 
     plot = tmp_path / "lat.png"
     tiny = str(write_tiny_variant(tmp_path / "tiny.json"))
-    code, out, err = run_cli("bench", "--variant", tiny, "--resolution", "48", "--same-process", "--runs", "30",
-                             "--throughput-batch", "4", "--throughput-runs", "2", "--train", "--train-batch", "2",
-                             "--threads", "1", "--format", "json", "--plot", str(plot))
+    import subprocess
+    import sys
+
+    # A fresh process: --threads can only be applied before TensorFlow's first op, and other
+    # tests in this pytest process may have run one already.
+    proc = subprocess.run([sys.executable, "-m", "effscale", "bench", "--variant", tiny, "--resolution", "48",
+                           "--same-process", "--runs", "30", "--throughput-batch", "4", "--throughput-runs", "2",
+                           "--train", "--train-batch", "2", "--threads", "1", "--format", "json", "--plot", str(plot)],
+                          capture_output=True, text=True, timeout=600)
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
     assert code == 0, err
     record = json.loads(out)[0]["records"][0]
     assert record["name"] == "tiny@48" and record["resolution"] == 48 and record["runs"] == 30
