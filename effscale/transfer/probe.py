@@ -144,11 +144,16 @@ def fit_probe(views: np.ndarray, labels: np.ndarray, num_classes: int, *, l2_gri
     if n_hold:
         x_fit = _rows(scaled, fit_idx)
         y_fit = np.tile(labels[fit_idx], num_views)
+
+        def held_out(theta: np.ndarray, l2: float) -> float:
+            """Flip-averaged top-1 on the held-out images, scored as the final model is."""
+            w, b = theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+            probe = Probe(w.astype(np.float32), b.astype(np.float32), l2)
+            return float((probe.predict_proba(scaled[:, hold]).argmax(axis=1) == labels[hold]).mean())
+
         for l2 in l2_grid:
             start, _, nit = _fit(x_fit, y_fit, num_classes, float(l2), start, max_iter)
-            w, b = start[: d * num_classes].reshape(d, num_classes), start[d * num_classes:]
-            probe = Probe(w.astype(np.float32), b.astype(np.float32), float(l2))
-            acc = float((probe.predict_proba(scaled[:, hold]).argmax(axis=1) == labels[hold]).mean())
+            acc = held_out(start, float(l2))
             if not scores or acc > max(scores.values()):
                 best_start = start
             scores[float(l2)] = acc
@@ -160,9 +165,7 @@ def fit_probe(views: np.ndarray, labels: np.ndarray, num_classes: int, *, l2_gri
         # stronger fits are near the uniform head anyway).
         while (l2 := stronger_l2(scores)) is not None:
             fitted, _, nit = _fit(x_fit, y_fit, num_classes, l2, None, max_iter)
-            w, b = fitted[: d * num_classes].reshape(d, num_classes), fitted[d * num_classes:]
-            acc = float((Probe(w.astype(np.float32), b.astype(np.float32), l2).predict_proba(scaled[:, hold])
-                         .argmax(axis=1) == labels[hold]).mean())
+            acc = held_out(fitted, l2)
             if acc >= max(scores.values()):
                 best_start = fitted
             scores[l2] = acc
