@@ -203,3 +203,34 @@ def test_isolated_bench_keeps_tensorflow_notices_off_the_console(tmp_path):
     both = proc.stdout + proc.stderr
     assert "tiny@32" in proc.stdout
     assert "absl::InitializeLog" not in both and "oneDNN" not in both
+
+
+@pytest.mark.slow
+def test_same_process_threads_after_tensorflow_started_is_reported_not_silent(tmp_path):
+    """TF fixes its thread pools at its first op; a later --threads cannot apply, and the
+    console must say so instead of printing the requested count as if it were in force."""
+    import subprocess
+    import sys
+
+    tiny = str(write_tiny_variant(tmp_path / "tiny.json"))
+    script = ("import sys, tensorflow as tf; tf.constant(1.0) + 1.0\n"
+              "from effscale.cli import main\n"
+              f"sys.argv = ['effscale', 'bench', '--variant', {tiny!r}, '--resolution', '32', '--same-process',"
+              " '--runs', '30', '--blocks', '1', '--throughput-batch', '0', '--threads', '1']\n"
+              "main()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    both = proc.stdout + proc.stderr
+    assert "--threads 1 was not applied" in both
+    assert "threads 1/" not in both
+
+
+def test_set_threads_says_whether_the_request_took_effect():
+    import tensorflow as tf
+
+    from effscale.bench.measure import set_threads
+
+    tf.constant(1.0) + 1.0  # TF's pools exist from here on
+    in_force = tf.config.threading.get_intra_op_parallelism_threads()
+    assert set_threads(in_force + 3)["threads_applied"] is False
+    assert set_threads(None)["threads_applied"] is True

@@ -87,6 +87,9 @@ def set_threads(threads: int | None) -> dict:
                 pass
         info["tf_intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
         info["tf_inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
+        # TF fixes its pools at its first op; after that the request is silently ignored
+        # (get_* then reports 0, "the runtime's choice"), so the caller must say so.
+        info["threads_applied"] = not threads or info["tf_intra_op"] == threads
     return info
 
 

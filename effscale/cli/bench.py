@@ -75,11 +75,14 @@ def bench(paths, variants, phis, family, resolution, batch, runs, blocks, block_
             console.warn(f"{record['name']}: block medians {min(record['block_p50_ms']):.1f}-"
                          f"{max(record['block_p50_ms']):.1f} ms: the machine's speed changed during the run "
                          "(p50 is their median; rerun to compare runs)")
+    if any(record.get("threads_applied") is False for record in records):
+        console.warn(f"--threads {threads} was not applied: TensorFlow had already started its thread pools in "
+                     "this process, so the runtime's default is in force (run without --same-process)")
     corr = correlations(records)
     columns = COLUMNS + ([TRAIN_COLUMN] if train else [])
     first = records[0]
     caption = (f"ms at batch {batch}, {runs} runs in {blocks} blocks; cpu50: CPU ms/call; trace: 1st call, s; "
-               f"threads {first.get('tf_intra_op') or threads or 'all'}/{first['cpu_count']}")
+               f"threads {_threads_in_force(first, threads)}/{first['cpu_count']}")
     if fmt == "json":
         console.emit([{"records": records, "correlations": corr, "settings": settings.to_dict()}], columns, fmt)
     else:
@@ -94,3 +97,12 @@ def bench(paths, variants, phis, family, resolution, batch, runs, blocks, block_
         from effscale.bench.report import latency_vs_macs
 
         console.info(f"wrote {latency_vs_macs(records, plot, title=f'latency vs MACs, batch {batch}')}")
+
+
+def _threads_in_force(record: dict, requested: int | None) -> str:
+    """The intra-op threads the record ran with: TF's own figure, else the request if it was applied."""
+    if record.get("tf_intra_op"):
+        return str(record["tf_intra_op"])
+    if requested and record.get("threads_applied", True):
+        return str(requested)
+    return "all"
