@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from effscale.fsutil import atomic_path
+
 
 def _pyplot():
     import matplotlib
@@ -23,10 +25,8 @@ def _save(fig, path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename) and always close the figure."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
     finally:
         _pyplot().close(fig)
     return path

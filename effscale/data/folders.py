@@ -23,6 +23,7 @@ import numpy as np
 
 from effscale.data.records import HOLDOUT_FRACTION, VAL_SPLITS, ImageDataset, default_cache_dir
 from effscale.errors import DatasetError
+from effscale.fsutil import atomic_path
 
 CACHE_VERSION = 1
 # The one split of a folder that holds <class>/ folders directly (torchvision's ImageFolder):
@@ -196,14 +197,12 @@ def read_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
         splits[split] = (x, y)
         images[split] = []  # free the decoded list as we go
 
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.tmp.npz")
     try:
         arrays = {f"x_{s}": x for s, (x, _) in splits.items()} | {f"y_{s}": y for s, (_, y) in splits.items()}
-        np.savez(tmp, class_names=np.array(class_names), **arrays)
-        os.replace(tmp, cache_file)
+        with atomic_path(cache_file) as tmp:
+            np.savez(tmp, class_names=np.array(class_names), **arrays)
     except OSError:
-        tmp.unlink(missing_ok=True)  # caching is an optimisation; a read-only cache dir is fine
+        pass  # caching is an optimisation; a read-only cache dir is fine
     return splits, class_names
 
 

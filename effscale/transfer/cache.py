@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effscale.fsutil import append_line, atomic_write_json
+from effscale.fsutil import append_line, atomic_path, atomic_write_json
 
 VIEWS = ("image", "flip")
 DTYPE = np.float16
@@ -168,10 +168,9 @@ class ActivationCache:
         # A fresh start (or a cache whose meta no longer fits): begin from an empty log.
         (self.path / "done.log").unlink(missing_ok=True)
         atomic_write_json(self.path / "meta.json", self._meta())
-        tmp = self.path / f".activations.{os.getpid()}.npy"
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=self.full_shape)
-        del array
-        os.replace(tmp, self.data_path)
+        with atomic_path(self.data_path) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=self.full_shape)
+            del array
         return np.load(self.data_path, mmap_mode="r+")
 
     def fill(self, images: np.ndarray, compute: Callable[[np.ndarray], np.ndarray],
