@@ -231,3 +231,64 @@ def test_kill_9_during_the_caching_pass_then_resume(run_cli, tmp_path):
     assert f"{done}/32 chunks already cached" in err or f"{done + 1}/32 chunks already cached" in err
     lines = (run_dir / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
+
+
+# --- crop views -------------------------------------------------------------------------------
+def test_a_crop_view_is_a_reflect_pad_and_crop_the_same_in_any_chunking():
+    from effscale.transfer.cache import train_views
+
+    x = np.random.default_rng(3).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    whole = view_images(x, "crop1")
+    # Computed chunk by chunk (as the caching pass does), every image gets the same crop.
+    parts = np.concatenate([view_images(x[lo:lo + 7], "crop1", first=lo) for lo in range(0, 40, 7)])
+    np.testing.assert_array_equal(parts, whole)
+    # Each crop is the image, or its mirror, shifted by at most 1 px (12.5% of 8) with reflection.
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    mirrored = np.pad(x[:, :, ::-1], ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    shifts = set()
+    for i in range(40):
+        found = [(f, dy, dx) for f, src in enumerate((padded, mirrored)) for dy in range(3) for dx in range(3)
+                 if np.array_equal(src[i, dy:dy + 8, dx:dx + 8], whole[i])]
+        assert found, f"image {i} is not a pad-and-crop of its source"
+        shifts.add(found[0])
+    assert len(shifts) > 6  # the offsets and flips vary over images
+    assert not np.array_equal(view_images(x, "crop2"), whole)  # another view, other crops
+    assert train_views(2) == ("image", "flip", "crop1", "crop2") and train_views(0, flip=False) == ("image",)
+    with pytest.raises(ValueError):
+        view_images(x, "crop0")
+
+
+def test_crop_views_are_cached_as_extra_views_under_their_own_key(tmp_path):
+    from effscale.transfer.cache import train_views
+
+    x = _images(12)
+    views = train_views(2)
+    cache = ActivationCache(tmp_path, cache_key({}, x, views=views), len(x), (4,), views=views, chunk=5)
+    cache.fill(x, _prefix)
+    store = cache.load()
+    assert store.shape == (4, 12, 4)
+    np.testing.assert_allclose(store[2], _prefix(view_images(x, "crop1")), rtol=1e-3)
+    np.testing.assert_allclose(store[3], _prefix(view_images(x, "crop2")), rtol=1e-3)
+    assert cache_key({}, x, views=views) != cache_key({}, x)  # a 2-view cache is never read as 4 views
+
+
+@pytest.mark.slow
+def test_crop_views_are_cached_for_training_only_and_trained_on(run_cli, tmp_path):
+    import json
+
+    args = _tiny_args(tmp_path, tmp_path / "run", "--strategy", "top-blocks", "--blocks", "1", "--epochs", "2",
+                      "--augment", "flip,crop", "--crop-views", "2", "--weights", str(_pretrained(tmp_path, 0)))
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "activations").glob("*/meta.json")]
+    assert sorted(tuple(m["views"]) for m in metas) == [("image", "flip"), ("image", "flip", "crop1", "crop2")]
+    assert "4 views" in err and "crop is not applied" not in err
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # two epochs trained on the 4-view cache
+    # The same run without crop views reads neither cache (another key, another shape).
+    code, _, err = run_cli(*_tiny_args(tmp_path, tmp_path / "plain", "--strategy", "top-blocks", "--blocks", "1",
+                                       "--epochs", "1", "--augment", "flip,crop",
+                                       "--weights", str(tmp_path / "pre.weights.h5")))
+    assert code == 0, err
+    assert "crop is not applied per epoch" in err
+    assert len(list((tmp_path / "cache" / "activations").glob("*/meta.json"))) == 3  # a new 2-view train cache

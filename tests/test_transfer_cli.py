@@ -21,6 +21,9 @@ BAD_INPUT = [
     (["--augment", "flip,blur"], 2, "unknown augmentation blur"),
     (["--strategy", "all"], 2, "'all' is not one of"),
     (["--prefix-runtime", "tpu"], 2, "'tpu' is not one of 'auto', 'keras', 'litert'"),
+    (["--crop-views", "-1"], 2, "-1 is not in the range x>=0"),
+    (["--crop-views", "2", "--augment", "flip"], 1, "crop is not in --augment flip; add crop or pass --crop-views 0"),
+    (["--crop-views", "17"], 1, "crop-views must be at most 16"),
 ]
 
 

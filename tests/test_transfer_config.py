@@ -75,6 +75,8 @@ def test_unknown_keys_and_bad_json(tmp_path):
     ({"limit_train": 0}, "limit-train must be at least 1"),
     ({"prefix_runtime": "onnx"}, "prefix-runtime must be one of auto, keras, litert, got 'onnx'"),
     ({"prefix_runtime": "litert", "precision": "mixed_bfloat16"}, "litert runs the prefix in float32"),
+    ({"crop_views": -2}, "crop-views must be >= 0"),
+    ({"crop_views": 1.5}, "crop-views must be a whole number"),
 ])
 def test_validation(override, message):
     with pytest.raises(ConfigError, match=message):

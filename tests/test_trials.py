@@ -284,6 +284,20 @@ class _Hoards(FakeTrainer):
         return super().__call__(spec)
 
 
+class _LargeOnce(FakeTrainer):
+    """Holds 300 MB from its first trial on (a loaded dataset), and nothing more after."""
+
+    def for_run(self, run_path):
+        bound = _LargeOnce(last_rung=self.last_rung)
+        bound.run_path = str(run_path)
+        return bound
+
+    def __call__(self, spec):
+        if not _BALLAST:
+            _BALLAST.append(np.ones(300 * 2**20, dtype=np.uint8))
+        return super().__call__(spec)
+
+
 class _Sleeps:
     """A trial that takes two minutes: long enough to see whether its worker outlives the driver."""
 
@@ -334,16 +348,27 @@ def test_a_worker_ends_when_its_driver_is_killed_mid_trial():
             os.kill(worker, 9)
 
 
-def test_workers_holding_too_much_memory_are_replaced_between_candidates(tmp_path):
+def test_workers_whose_memory_grows_are_replaced_between_candidates(tmp_path):
     space = _halving_space(seeds=2)
     here = TrialStore(RunDir(tmp_path / "here"))
     run_search(space, here, FakeTrainer(last_rung=2))
     executor = LocalExecutor(workers=2)  # 8 trials per worker: only memory can replace them early
-    executor._pool.rss_limit_mb = 300  # a worker starts near 100 MB; two trials put it over
+    executor._pool.rss_growth_mb = 100  # each trial keeps 150 MB: the second trial puts a worker over
     there = TrialStore(RunDir(tmp_path / "workers"))
     run_search(space, there, _Hoards(last_rung=2), executor)
     assert _comparable(there) == _comparable(here)  # replacing workers changes no result
     assert executor._pool.replaced_for_memory > 0
+
+
+def test_a_worker_that_is_large_from_its_first_trial_but_does_not_grow_is_kept(tmp_path):
+    # A big proxy dataset (Imagenette's 160 px images) makes every worker large after its
+    # first trial; replacing it for that would restart it before every candidate.
+    executor = LocalExecutor(workers=2)
+    executor._pool.rss_growth_mb = 100
+    store = TrialStore(RunDir(tmp_path / "big"))
+    run_search(_halving_space(seeds=2), store, _LargeOnce(last_rung=2), executor)
+    assert executor._pool.replaced_for_memory == 0
+    assert executor._pool.started == 2
 
 
 RESUMABLE = """

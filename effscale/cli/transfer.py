@@ -48,6 +48,10 @@ from effscale.cli.options import AUGMENT_HELP, augment_list
               help="Frozen-bottom strategies: what runs the frozen prefix in the caching pass; litert (TFLite on "
                    "XNNPACK) takes about 40% less CPU time than keras; auto: litert under TensorFlow when it "
                    "imports.  [default: auto]")
+@click.option("--crop-views", type=click.IntRange(min=0),
+              help="Frozen-bottom strategies: cache this many random pad-and-crop views of each training image "
+                   "besides the image and its flip, so the top trains on crops too (each view costs one more "
+                   "caching pass over the training images).  [default: 0]")
 @click.option("--freeze-bn/--train-bn", default=None, help="BatchNorm in inference mode  [default: frozen iff pretrained].")
 @click.option("--limit-train", type=click.IntRange(min=1), help="Use a seeded subset of this many training images.")
 @click.option("--limit-val", type=click.IntRange(min=1), help="Use a seeded subset of this many validation images.")

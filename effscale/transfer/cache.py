@@ -3,8 +3,8 @@
 Every strategy that freezes the bottom of the network (linear-probe, top-blocks N,
 last-layers N) feeds the trainable top with the same activations every epoch: the frozen
 layers run in inference mode, so their output depends only on the image. This module
-stores that output once per image and per *view* (the image and its horizontal flip), in
-float16, so an epoch costs only the trainable top. No Keras here: the caller passes the
+stores that output once per image and per *view* (the image, its horizontal flip and,
+with ``--crop-views K``, K random pad-and-crop views of the training images), in float16, so an epoch costs only the trainable top. No Keras here: the caller passes the
 function that runs the prefix, which keeps the storage logic testable in milliseconds.
 
 Layout of one cache (``<root>/<key>/``)::
@@ -58,13 +58,34 @@ def ram_budget() -> int:
     return DEFAULT_RAM_BUDGET
 
 
-def view_images(images: np.ndarray, view: str) -> np.ndarray:
-    """``images`` (N, H, W, C) as seen in ``view``: unchanged, or mirrored left-right."""
+CROP_VIEW_SEED = 1_000_003  # crop views are the same for every run, so caches are shared
+
+
+def train_views(crops: int, flip: bool = True) -> tuple[str, ...]:
+    """The cached views of the training images: the image, its flip, then ``crops`` crop views."""
+    return (VIEWS if flip else VIEWS[:1]) + tuple(f"crop{k}" for k in range(1, crops + 1))
+
+
+def view_images(images: np.ndarray, view: str, first: int = 0) -> np.ndarray:
+    """``images`` (N, H, W, C) as seen in ``view``: unchanged, mirrored left-right, or
+    ``cropK``: each image reflect-padded by 12.5% and cut back out at a random integer
+    offset, mirrored half the time (the ``crop`` and ``flip`` augmentations, frozen into a
+    view). A crop view draws image i's offset and flip from (K, i) alone, ``first`` being
+    the index of ``images[0]``, so a view is the same whichever chunks compute it."""
     if view == "image":
         return images
     if view == "flip":
         return images[:, :, ::-1]
-    raise ValueError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    if view.startswith("crop") and view[4:].isdigit() and int(view[4:]) > 0:
+        from effscale.data.augment import crop_padding, numpy_crop
+
+        n, h, w = images.shape[:3]
+        ph, pw = crop_padding(h), crop_padding(w)
+        draws = np.random.default_rng([CROP_VIEW_SEED, int(view[4:])]).integers(
+            0, [2 * ph + 1, 2 * pw + 1, 2], size=(first + n, 3))[first:]
+        images = np.where(draws[:, 2, None, None, None] == 1, images[:, :, ::-1], images)
+        return numpy_crop(images, draws[:, :2], ph, pw)
+    raise ValueError(f"unknown view {view!r}; choose from {', '.join(VIEWS)} or cropK")
 
 
 def cache_key(describe: dict, images: np.ndarray, weights: Iterable[np.ndarray] = (),
@@ -191,7 +212,7 @@ class ActivationCache:
                     continue
                 lo, hi = index * self.chunk, min(self.num_images, (index + 1) * self.chunk)
                 for v, view in enumerate(self.views):
-                    out = np.asarray(compute(np.ascontiguousarray(view_images(images[lo:hi], view))))
+                    out = np.asarray(compute(np.ascontiguousarray(view_images(images[lo:hi], view, first=lo))))
                     if out.shape != (hi - lo, *self.shape):
                         raise ValueError(f"prefix gave activations of shape {out.shape}, "
                                          f"expected {(hi - lo, *self.shape)}")

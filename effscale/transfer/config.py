@@ -40,7 +40,7 @@ MAX_SEED = 2**32 - 1  # numpy's and TensorFlow's seeds are 32-bit
 ADAMW_WEIGHT_DECAY = 0.004
 UPPER_BOUNDS = {
     "image_size": MAX_IMAGE_SIZE, "epochs": MAX_EPOCHS, "warmup_epochs": MAX_EPOCHS, "batch_size": MAX_BATCH_SIZE,
-    "blocks": 1000, "last_layers": 100_000, "limit_train": 10**12, "limit_val": 10**12, "seed": MAX_SEED,
+    "blocks": 1000, "last_layers": 100_000, "crop_views": 16, "limit_train": 10**12, "limit_val": 10**12, "seed": MAX_SEED,
     # No bound on the learning rates: too large a rate is a NaN loss in the first steps, and
     # the NaN guard stops the run with its report and a one-line error saying so.
     "lr_decay": 1.0,  # inverse-time decay per step: above 1 the rate is gone after the first steps
@@ -48,7 +48,7 @@ UPPER_BOUNDS = {
     "epsilon": 1.0, "decay_epochs": MAX_EPOCHS,
 }
 INT_FIELDS = ("image_size", "epochs", "warmup_epochs", "batch_size", "blocks", "last_layers", "limit_train",
-              "limit_val", "seed")
+              "limit_val", "seed", "crop_views")
 FLOAT_FIELDS = ("dropout", "learning_rate", "finetune_learning_rate", "lr_decay", "decay_rate", "decay_epochs",
                 "momentum", "rho", "epsilon", "weight_decay", "label_smoothing")
 
@@ -74,6 +74,9 @@ class TransferConfig:
     limit_train: int | None = None
     limit_val: int | None = None
     augment: tuple[str, ...] = ("flip", "crop")
+    # Frozen-bottom strategies: extra cached views of each training image, each a fixed random
+    # pad-and-crop (and flip), since a cached prefix cannot crop per epoch. 0: image + flip only.
+    crop_views: int = 0
     # strategy
     strategy: str = "full"
     blocks: int = 2  # top-blocks: how many blocks from the top are trained
@@ -235,6 +238,11 @@ class TransferConfig:
                                   "a typo (see docs/transfer.md, 'Limits')")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.crop_views < 0:
+            raise ConfigError(f"crop-views must be >= 0, got {self.crop_views}")
+        if self.crop_views and "crop" not in self.augment:
+            raise ConfigError(f"crop-views {self.crop_views} caches crops, but crop is not in --augment "
+                              f"{','.join(self.augment) or 'none'}; add crop or pass --crop-views 0")
         from effscale.data.datasets import check_augment
 
         check_augment(self.augment)  # a cached prefix applies only flip (effscale.transfer.prefix)

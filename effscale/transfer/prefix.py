@@ -6,7 +6,8 @@ last-layers N) the model is cut where the frozen part ends:
 * ``prefix``: native images -> Resizing -> backbone up to the cut (inference mode);
 * ``top``: cut activations -> the rest of the backbone -> dropout -> dense.
 
-The prefix runs once per image and per view (image, horizontal flip), stored by
+The prefix runs once per image and per view (image, horizontal flip, and for the training
+images ``--crop-views`` fixed random pad-and-crops), stored by
 ``effscale.transfer.cache``; the top shares its layers with the full model, so training it
 trains the model that is checkpointed. Each epoch shows every training image once, in one
 view drawn per image from ``(seed, epoch)`` (the flip augmentation, resumable exactly);
@@ -15,8 +16,9 @@ at all: ``effscale.transfer.probe`` fits the head by L-BFGS, its L2 tuned on hel
 training images, and the result is committed as one epoch.
 
 Augmentations other than the flip change the pixels the prefix sees, so they cannot be
-cached: ``crop`` is dropped here (documented), and a run asking for rotate, zoom or
-normalize keeps the uncached path (``uses_cached_prefix``).
+drawn afresh each epoch: ``crop`` becomes the ``--crop-views`` fixed crops (none by
+default), and a run asking for rotate, zoom or normalize keeps the uncached path
+(``uses_cached_prefix``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from effscale import console  # noqa: E402
 from effscale.transfer import prefix_runtime  # noqa: E402
-from effscale.transfer.cache import VIEWS, ActivationCache, cache_key, epoch_order, gather  # noqa: E402
+from effscale.transfer.cache import VIEWS, ActivationCache, cache_key, epoch_order, gather, train_views  # noqa: E402
 
 log = logging.getLogger("effscale.transfer.train")
 
@@ -134,8 +136,17 @@ class CachedTop:
         """Non-None once the activations are available."""
         return self.stores or None
 
+    def view_names(self, split: str) -> tuple[str, ...]:
+        """What the cache holds per image: validation always both eval views (the score
+        averages them); training the image, its flip, and ``--crop-views`` crops."""
+        if split != "train":
+            return VIEWS
+        return train_views(self.config.crop_views if "crop" in self.config.augment else 0)
+
     def train_views(self) -> list[int]:
-        return [0, 1] if "flip" in self.config.augment else [0]
+        """The cached training views an epoch draws from (the image alone without flip)."""
+        names = self.view_names("train")
+        return [i for i, name in enumerate(names) if name != "flip" or "flip" in self.config.augment]
 
     # -- the caching pass ---------------------------------------------------------------
     def _cache_root(self):
@@ -162,8 +173,9 @@ class CachedTop:
         @functools.cache
         def caches(runtime: str) -> tuple[ActivationCache, ...]:
             described = prefix_runtime.key_describe(describe, runtime)
-            return tuple(ActivationCache(self._cache_root(), cache_key(described, x, weights), len(x), shape)
-                         for _, x, _ in splits)
+            return tuple(ActivationCache(self._cache_root(), cache_key(described, x, weights, views=self.view_names(split)),
+                                         len(x), shape, views=self.view_names(split))
+                         for split, x, _ in splits)
 
         t0 = time.monotonic()
         # The runtime is part of the key: chosen from the settings and what is on disk, so a
@@ -184,7 +196,7 @@ class CachedTop:
             size = f"{cache.nbytes / 2**20:,.0f} MiB"
             if done < cache.num_chunks:
                 console.info(f"{split}: caching the frozen prefix on {label} (up to {cut}, "
-                             f"{'x'.join(map(str, shape))} per image, {len(VIEWS)} views, {size} float16)"
+                             f"{'x'.join(map(str, shape))} per image, {len(cache.views)} views, {size} float16)"
                              + (f", {done}/{cache.num_chunks} chunks already cached" if done else ""))
             cache.fill(x, compute)
             self.stores[split] = cache.load()
@@ -196,9 +208,9 @@ class CachedTop:
         self.ckpt.extra["prefix_runtime"] = runtime
         self.ckpt.extra["cut"] = cut
         self.ckpt.extra["prefix_time_s"] = round(self.ckpt.extra.get("prefix_time_s", 0.0) + time.monotonic() - t0, 3)
-        if "crop" in self.config.augment:
-            console.info("cached prefix: training sees the image and its flip; crop is not applied (it would "
-                         "change what the frozen prefix computes)")
+        if "crop" in self.config.augment and not self.config.crop_views:
+            console.info("cached prefix: training sees the image and its flip; crop is not applied per epoch (it "
+                         "would change what the frozen prefix computes); --crop-views K caches K fixed crops")
 
     # -- training -----------------------------------------------------------------------
     def validation_logs(self) -> dict:
