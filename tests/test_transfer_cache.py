@@ -292,3 +292,27 @@ def test_crop_views_are_cached_for_training_only_and_trained_on(run_cli, tmp_pat
     assert code == 0, err
     assert "crop is not applied per epoch" in err
     assert len(list((tmp_path / "cache" / "activations").glob("*/meta.json"))) == 3  # a new 2-view train cache
+
+
+def _rss_file_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile line")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_an_epoch_over_a_memory_mapped_cache_does_not_keep_the_file_resident(tmp_path):
+    # 2 views x 2,048 images x 16 KiB = 64 MiB on disk; an epoch of batches reads all of it.
+    x = np.zeros((2048, 1, 1, 1), dtype=np.uint8)
+    cache = ActivationCache(tmp_path, "big", len(x), (8192,), chunk=512)
+    cache.fill(x, lambda images: np.ones((len(images), 8192), dtype=np.float32))
+    store = cache.load(budget=0)
+    assert isinstance(store, np.memmap)
+    before = _rss_file_mb()
+    order, views = epoch_order(2048, 2, seed=0, epoch=0)
+    for lo in range(0, 2048, 64):
+        batch = gather(store, order[lo:lo + 64], views[lo:lo + 64])
+        assert batch.shape == (64, 8192) and batch.min() == 1.0
+    assert _rss_file_mb() - before < 16  # without releasing, the 64 MiB read would stay resident

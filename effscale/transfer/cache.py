@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -218,6 +219,7 @@ class ActivationCache:
                                          f"expected {(hi - lo, *self.shape)}")
                     store[v, lo:hi] = out.astype(DTYPE)
                 store.flush()  # the data is on disk before the log says so
+                release_pages(store)  # written pages are clean now: keep them out of this process
                 self._log_chunk(index)
                 done.add(index)
                 if progress is not None:
@@ -259,4 +261,22 @@ def gather(store: np.ndarray, order: np.ndarray, views: np.ndarray) -> np.ndarra
         rows = order[pick]
         sort = np.argsort(rows)  # sequential reads of a memory map are much faster than random ones
         out[pick[sort]] = store[v, rows[sort]]
+    release_pages(store)
     return out
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Unmap the pages a memory-mapped cache has read from this process.
+
+    An epoch reads every row of the file once; left mapped, those pages would stay in the
+    process's resident set until the whole cache (4 GiB and more) counted as its memory.
+    Dropped, they stay in the kernel's page cache, which any process can reclaim, and a
+    re-read is a minor fault, not disk I/O. A no-op for arrays in RAM and where the
+    platform has no ``madvise``.
+    """
+    mapping = getattr(array, "_mmap", None)  # numpy keeps the mmap on the memmap it opened
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # a closed map: nothing resident to drop
+            pass
