@@ -149,3 +149,12 @@ def test_ranking_table_fits_the_terminal_without_truncated_cells(tmp_path, width
     text = console.export_text()
     assert "…" not in text and max(len(line.rstrip()) for line in text.splitlines()) <= width
     assert "a1.00-b1.00-g1.4142" in text and "chosen" in text
+
+
+def test_the_ranking_caption_says_when_cut_rows_have_fewer_seeds():
+    from effscale.grid.report import fewer_seeds_note
+
+    halving = [{"seeds": 3}, {"seeds": 3}, {"seeds": 1}, {"seeds": 1}, {"seeds": 0}]
+    assert "rows with 1 seed (cut early): over images only" in fewer_seeds_note(halving)
+    assert fewer_seeds_note([{"seeds": 3}, {"seeds": 2}]).endswith("rows with 2 seeds (cut early): over their seeds only")
+    assert fewer_seeds_note([{"seeds": 3}, {"seeds": 3}]) == ""  # the full schedule: every row alike
