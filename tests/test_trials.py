@@ -275,7 +275,7 @@ class _Hoards(FakeTrainer):
     """Keeps 150 MB per trial alive in its process, as TensorFlow keeps traced graphs."""
 
     def for_run(self, run_path):
-        bound = _Hoards(last_rung=self.last_rung)
+        bound = type(self)(last_rung=self.last_rung)
         bound.run_path = str(run_path)
         return bound
 
@@ -284,18 +284,13 @@ class _Hoards(FakeTrainer):
         return super().__call__(spec)
 
 
-class _LargeOnce(FakeTrainer):
+class _LargeOnce(_Hoards):
     """Holds 300 MB from its first trial on (a loaded dataset), and nothing more after."""
-
-    def for_run(self, run_path):
-        bound = _LargeOnce(last_rung=self.last_rung)
-        bound.run_path = str(run_path)
-        return bound
 
     def __call__(self, spec):
         if not _BALLAST:
             _BALLAST.append(np.ones(300 * 2**20, dtype=np.uint8))
-        return super().__call__(spec)
+        return FakeTrainer.__call__(self, spec)
 
 
 class _Sleeps:
