@@ -152,7 +152,7 @@ def test_ranking_table_fits_the_terminal_without_truncated_cells(tmp_path, width
 
 
 def test_the_ranking_caption_says_when_cut_rows_have_fewer_seeds():
-    from effscale.grid.report import fewer_seeds_note
+    from effscale.grid.stats import fewer_seeds_note
 
     halving = [{"seeds": 3}, {"seeds": 3}, {"seeds": 1}, {"seeds": 1}, {"seeds": 0}]
     assert "rows with 1 seed (cut early): over images only" in fewer_seeds_note(halving)

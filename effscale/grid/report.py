@@ -365,16 +365,6 @@ def build(run: RunDir) -> tuple[GridConfig, SearchSpace, dict, list[dict], dict]
     return config, space, trials, rows, info
 
 
-def fewer_seeds_note(rows: list[dict]) -> str:
-    """Rows cut before the last rung ran fewer seeds, so their intervals leave seed noise out: say so."""
-    counts = sorted({row["seeds"] for row in rows if row.get("seeds")})
-    if len(counts) < 2:
-        return ""
-    fewest = counts[0]
-    return (f"; rows with {fewest} seed{'s' if fewest > 1 else ''} (cut early): "
-            + ("over images only, seed-to-seed spread not included" if fewest == 1 else "over their seeds only"))
-
-
 def emit_ranking(rows: list[dict], info: dict, fmt: str) -> None:
     if fmt == "json":
         import sys
@@ -387,7 +377,7 @@ def emit_ranking(rows: list[dict], info: dict, fmt: str) -> None:
         console.emit(display_rows(rows, verdict), CSV_COLUMNS, fmt, title=title)
         return
     caption = (f"95% CI: {verdict.get('method', '-')}; behind: points to the leader of the row's "
-               f"last rung; cut rN: stopped by halving at rung N") + fewer_seeds_note(rows)
+               f"last rung; cut rN: stopped by halving at rung N") + stats.fewer_seeds_note(rows)
     console.out.print(ranking_table(rows, verdict, title, caption))
     if info.get("confirm") and fmt == "table":
         from effscale.grid import confirm

@@ -203,3 +203,13 @@ def verdict(samples: Sequence[RowSample], results: Mapping[str, dict], rung: int
         rule = CHOICE_RULE
     return {"chosen": chosen, "leader": leader, "tie_set": ties, "rule": rule, "sentence": sentence,
             "rung": rung, "method": results[leader]["method"]}
+
+
+def fewer_seeds_note(rows: list[dict]) -> str:
+    """Rows cut before the last rung ran fewer seeds, so their intervals leave seed noise out: say so."""
+    counts = sorted({row["seeds"] for row in rows if row.get("seeds")})
+    if len(counts) < 2:
+        return ""
+    fewest = counts[0]
+    return (f"; rows with {fewest} seed{'s' if fewest > 1 else ''} (cut early): "
+            + ("over images only, seed-to-seed spread not included" if fewest == 1 else "over their seeds only"))
