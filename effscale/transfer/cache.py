@@ -4,8 +4,9 @@ Every strategy that freezes the bottom of the network (linear-probe, top-blocks 
 last-layers N) feeds the trainable top with the same activations every epoch: the frozen
 layers run in inference mode, so their output depends only on the image. This module
 stores that output once per image and per *view* (the image, its horizontal flip and,
-with ``--crop-views K``, K random pad-and-crop views of the training images), in float16, so an epoch costs only the trainable top. No Keras here: the caller passes the
-function that runs the prefix, which keeps the storage logic testable in milliseconds.
+with ``--crop-views K``, K random pad-and-crop views of the training images), in float16,
+so an epoch costs only the trainable top. No Keras here: the caller passes the function
+that runs the prefix, which keeps the storage logic testable in milliseconds.
 
 Layout of one cache (``<root>/<key>/``)::
 
@@ -62,9 +63,9 @@ def ram_budget() -> int:
 CROP_VIEW_SEED = 1_000_003  # crop views are the same for every run, so caches are shared
 
 
-def train_views(crops: int, flip: bool = True) -> tuple[str, ...]:
+def train_views(crops: int) -> tuple[str, ...]:
     """The cached views of the training images: the image, its flip, then ``crops`` crop views."""
-    return (VIEWS if flip else VIEWS[:1]) + tuple(f"crop{k}" for k in range(1, crops + 1))
+    return VIEWS + tuple(f"crop{k}" for k in range(1, crops + 1))
 
 
 def view_images(images: np.ndarray, view: str, first: int = 0) -> np.ndarray:

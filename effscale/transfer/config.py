@@ -40,7 +40,8 @@ MAX_SEED = 2**32 - 1  # numpy's and TensorFlow's seeds are 32-bit
 ADAMW_WEIGHT_DECAY = 0.004
 UPPER_BOUNDS = {
     "image_size": MAX_IMAGE_SIZE, "epochs": MAX_EPOCHS, "warmup_epochs": MAX_EPOCHS, "batch_size": MAX_BATCH_SIZE,
-    "blocks": 1000, "last_layers": 100_000, "crop_views": 16, "limit_train": 10**12, "limit_val": 10**12, "seed": MAX_SEED,
+    "blocks": 1000, "last_layers": 100_000, "crop_views": 16, "limit_train": 10**12, "limit_val": 10**12,
+    "seed": MAX_SEED,
     # No bound on the learning rates: too large a rate is a NaN loss in the first steps, and
     # the NaN guard stops the run with its report and a one-line error saying so.
     "lr_decay": 1.0,  # inverse-time decay per step: above 1 the rate is gone after the first steps

@@ -141,7 +141,7 @@ class CachedTop:
         averages them); training the image, its flip, and ``--crop-views`` crops."""
         if split != "train":
             return VIEWS
-        return train_views(self.config.crop_views if "crop" in self.config.augment else 0)
+        return train_views(self.config.crop_views)  # validation ensures crop views come with crop
 
     def train_views(self) -> list[int]:
         """The cached training views an epoch draws from (the image alone without flip)."""
@@ -170,11 +170,13 @@ class CachedTop:
         weights = [keras.ops.convert_to_numpy(w) for w in prefix.weights]
         splits = (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val))
 
+        views = {split: self.view_names(split) for split, _, _ in splits}
+
         @functools.cache
         def caches(runtime: str) -> tuple[ActivationCache, ...]:
             described = prefix_runtime.key_describe(describe, runtime)
-            return tuple(ActivationCache(self._cache_root(), cache_key(described, x, weights, views=self.view_names(split)),
-                                         len(x), shape, views=self.view_names(split))
+            return tuple(ActivationCache(self._cache_root(), cache_key(described, x, weights, views=views[split]),
+                                         len(x), shape, views=views[split])
                          for split, x, _ in splits)
 
         t0 = time.monotonic()
