@@ -11,6 +11,11 @@ runs with descriptor 2 pointed at a temporary file; what it caught is kept in
 ``native_startup_output`` and written to a run's effscale.log (``RunDir.attach_log``).
 Python-level output is untouched. Setting ``TF_CPP_MIN_LOG_LEVEL`` to 0 or 1 yourself
 turns the capture off.
+
+On x86-64, TensorFlow turns its oneDNN kernels on by default only on CPUs with the newest
+vector extensions (AVX512-VNNI, AMX); on an AVX2-only CPU they stay off, and B0 trained at
+1/1.42 of the speed it reaches with them (benchmarks/onednn.py, docs/performance.md). So
+``TF_ENABLE_ONEDNN_OPTS=1`` is set unless the user set it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import importlib.abc
 import importlib.util
 import os
+import platform
 import sys
 import tempfile
 
@@ -29,6 +35,8 @@ def set_defaults() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     # TensorFlow's C++ start-up chatter (oneDNN, CPU features) would bury effscale's output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     if os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1") and "tensorflow" not in sys.modules:
         if not any(isinstance(finder, _QuietTensorFlow) for finder in sys.meta_path):
             sys.meta_path.insert(0, _QuietTensorFlow())

@@ -238,6 +238,8 @@ def test_confirm_phi_retrains_the_chosen_paper_and_single_axis_rows_one_step_up(
     assert {r["epochs"] for r in records} == {3}  # the smoke preset's last rung: 1 * 3^(2-1)
     assert {r["seed"] for r in records} == {0, 1}  # the smoke preset's 2 seeds
     assert len(records) == 2 * len(expected)
+    starts = [r for r in RunDir(run_dir / "confirm").read_jsonl("trials.jsonl") if r["status"] == "RUNNING"]
+    assert [r["seed"] for r in starts] == [0] * len(expected) + [1] * len(expected)  # every row once, then again
     confirm = json.loads((run_dir / "reports" / "confirm.json").read_text())
     assert {row["phi1_id"] for row in confirm["rows"]} >= {chosen, "a1.20-b1.10-g1.15"}
     assert confirm["complete"] == confirm["planned"] == len(records)
@@ -247,6 +249,35 @@ def test_confirm_phi_retrains_the_chosen_paper_and_single_axis_rows_one_step_up(
     code, _, err = run_cli("grid", "--resume", str(run_dir), "--fake-trials", "0")
     assert code == 0, err
     assert len(RunDir(run_dir / "confirm").read_jsonl("trials.jsonl")) == lines  # nothing retrained
+
+
+def test_a_finished_search_takes_its_confirmation_on_resume_until_it_has_started(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(*SMOKE, "--run-dir", str(run_dir))
+    assert code == 0, err
+    search_lines = len(RunDir(run_dir).read_jsonl("trials.jsonl"))
+    code, _, err = run_cli("grid", "--resume", str(run_dir), "--confirm-phi", "2", "--fake-trials", "0")
+    assert code == 0, err
+    assert len(RunDir(run_dir).read_jsonl("trials.jsonl")) == search_lines  # the search is not retrained
+    assert json.loads((run_dir / "manifest.json").read_text())["config"]["confirm_phi"] == 2
+    confirm = json.loads((run_dir / "reports" / "confirm.json").read_text())
+    assert confirm["complete"] == confirm["planned"] > 0 and "At phi=2 the phi=1 choice" in err
+    # once it has started, its phi is fixed; other settings stay refused as before
+    code, _, err = run_cli("grid", "--resume", str(run_dir), "--confirm-phi", "3", "--fake-trials", "0")
+    assert code != 0 and "confirmation at phi=2" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("grid", "--resume", str(run_dir), "--budget", "3", "--fake-trials", "0")
+    assert code != 0 and "budget" in err and len(err.strip().splitlines()) == 1
+
+
+def test_workers_take_consecutive_runs_of_one_candidate():
+    from effscale.grid.search import Candidate, TrialSpec
+    from effscale.grid.workers import group_by_candidate
+
+    a, b = Candidate(1.2, 1.1, 1.15), Candidate(2.0, 1.0, 1.0)
+    specs = [TrialSpec(c, "grid", seed, 0, 1) for c, seed in ((a, 0), (a, 1), (b, 0), (a, 2))]
+    groups = group_by_candidate(specs)
+    assert [[(g.candidate.id, g.seed) for g in group] for group in groups] == [
+        [(a.id, 0), (a.id, 1)], [(b.id, 0)], [(a.id, 2)]]
 
 
 def test_kendall_tau():

@@ -1,6 +1,7 @@
 """The core must stay importable without Keras/TensorFlow (fast `scale`, `report`)."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -40,6 +41,33 @@ def test_tensorflow_start_up_lines_stay_off_the_console():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert "absl::InitializeLog" not in done.stderr and "oneDNN" not in done.stderr, done.stderr
     assert "absl::InitializeLog" in done.stdout  # kept, for the run's effscale.log
+
+
+def _onednn_after_set_defaults(user_setting: str | None, check_tensorflow: bool) -> str:
+    code = "from effscale.backend import set_defaults\nset_defaults()\nimport os\n"
+    if check_tensorflow:
+        code += ("import tensorflow\nfrom tensorflow.python.util import _pywrap_util_port\n"
+                 "print(_pywrap_util_port.IsMklEnabled())")
+    else:
+        code += "import sys\nprint(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), 'tensorflow' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if user_setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = user_setting
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the default is x86-64 only")
+def test_onednn_kernels_are_asked_for_unless_the_user_says_otherwise():
+    assert _onednn_after_set_defaults(None, check_tensorflow=False) == "1 False"  # set before, not by, a TF import
+    assert _onednn_after_set_defaults("0", check_tensorflow=False) == "0 False"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the default is x86-64 only")
+def test_tensorflow_runs_onednn_kernels_by_default_even_on_avx2_cpus():
+    assert _onednn_after_set_defaults(None, check_tensorflow=True) == "True"
+    assert _onednn_after_set_defaults("0", check_tensorflow=True) == "False"
 
 
 def test_modules_stay_small():

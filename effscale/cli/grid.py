@@ -41,7 +41,8 @@ SETTINGS = [
     ("--bn-recalibration-batches", "bn_recalibration_batches", int,
      "Recompute BatchNorm statistics on this many training batches before scoring (0: off)."),
     ("--confirm-phi", "confirm_phi", float, "Then retrain the chosen, paper and single-axis rows at this phi "
-     "(e.g. 2; last rung's epochs and seeds) and check the phi=1 ranking holds."),
+     "(e.g. 2; last rung's epochs and seeds) and check the phi=1 ranking holds. "
+     "Can be added on --resume of a search run without it."),
 ]
 
 

@@ -50,11 +50,17 @@ def confirm_rows(space: SearchSpace, chosen: str) -> list[dict]:
 
 
 def confirm_space(space: SearchSpace, rows: list[dict]) -> SearchSpace:
-    """Every row trained once per seed for the last rung's epochs (a one-rung full schedule)."""
+    """Every row trained once per seed for the last rung's epochs (a one-rung full schedule).
+
+    Seed-major: every row's seed 0, then every row's seed 1, ... A phi=2 trial trains for
+    minutes where its graph trace costs seconds, so reusing the trace across a row's seeds
+    saves little, while this order lets a stopped check compare every row on one seed, and
+    spreads 5 rows x 3 seeds evenly over two workers (8 trial-lengths, not 9).
+    """
     config = space.config.replace(schedule="full", confirm_phi=None)
     entries = [Entry(Candidate(r["alpha"] ** r["phi"], r["beta"] ** r["phi"], r["gamma"] ** r["phi"]),
                      r["role"].split(", ")[-1], in_grid=False) for r in rows]
-    return SearchSpace(config, entries)
+    return SearchSpace(config, entries, seed_major=True)
 
 
 def run_confirmation(run: RunDir, space: SearchSpace, verdict: dict, trainer, executor, progress,

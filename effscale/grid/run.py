@@ -7,7 +7,9 @@
 Steps, in this order, so that bad input never leaves a half-written run directory:
 
 1. validate the settings and enumerate the search space (one-line ``ConfigError``);
-2. on ``resume``, open the run dir and refuse any changed setting (``RunDir.check_resume``);
+2. on ``resume``, open the run dir and refuse any changed setting (``RunDir.check_resume``),
+   except ``confirm_phi`` while no confirmation has started: a finished search can be
+   checked one step up afterwards (``effscale grid --resume RUN --confirm-phi 2``);
 3. load the proxy task (``ProxyTrainer.load``: the dataset loader refuses data that cannot
    train) unless a ``run_trial`` callable is passed (tests pass ``trials.fake_trial``);
 4. only then create the run dir, write the manifest and attach ``effscale.log``;
@@ -30,7 +32,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from effscale.errors import ConfigError
+from effscale.errors import ConfigError, RunDirError
 from effscale.grid.config import GridConfig
 from effscale.grid.search import SearchSpace, TrialStatus
 from effscale.runs import RunDir, open_run_dir, prepare_run_dir, timestamp_name
@@ -58,6 +60,34 @@ class GridResult:
 def stored_config(run_dir) -> GridConfig:
     """The settings a grid run directory was created with (the base of a resumed config)."""
     return GridConfig.from_dict(open_run_dir(Path(run_dir), "grid").read_manifest().get("config", {}))
+
+
+def check_resume(run: RunDir, config: GridConfig) -> bool:
+    """Refuse any changed setting but ``confirm_phi``; True when that one changes.
+
+    The confirmation runs after the search and never changes its trials, so it may be added
+    to (or changed on) a run until it has started; then its rows are fixed.
+    """
+    stored = GridConfig.from_dict(run.read_manifest().get("config", {}))
+    run.check_resume(config.replace(confirm_phi=stored.confirm_phi).to_dict())
+    if config.confirm_phi == stored.confirm_phi:
+        return False
+    from effscale.grid.confirm import SUBDIR
+
+    if (run.path / SUBDIR / "manifest.json").exists():
+        started = RunDir(run.path / SUBDIR).read_manifest().get("config", {}).get("phi")
+        raise RunDirError(f"Run dir {run.path} has a confirmation at phi={started:g} under way; resume it "
+                          f"without --confirm-phi, or pass a new --run-dir.")
+    return True
+
+
+def record_confirm_phi(run: RunDir, confirm_phi: float | None) -> None:
+    """Write a resumed run's new ``confirm_phi`` into its manifest (reports read it there)."""
+    from effscale.fsutil import atomic_write_json
+
+    manifest = run.read_manifest()
+    manifest["config"] = dict(manifest.get("config") or {}, confirm_phi=confirm_phi)
+    atomic_write_json(run.manifest_path, manifest)
 
 
 def default_run_dir(config: GridConfig) -> Path:
@@ -122,11 +152,13 @@ def run(config: GridConfig, run_dir=None, *, resume: bool = False, executor="loc
         if run_dir is None:
             raise ValueError("resume=True needs the run_dir to resume")
         run = open_run_dir(Path(run_dir), "grid")
-        run.check_resume(config.to_dict())
+        confirm_changed = check_resume(run, config)
     trainer, num_classes, dataset_info, backend = _trainer(config, run_trial, cache_dir)
     if not resume:
         run = prepare_run_dir(Path(run_dir) if run_dir is not None else default_run_dir(config), overwrite)
     with run:
+        if resume and confirm_changed:
+            record_confirm_phi(run, config.confirm_phi)
         if not resume:
             manifest = run.write_manifest("grid", config.to_dict(), seed=config.data_seed, backend=backend)
             from effscale.fsutil import atomic_write_json

@@ -235,6 +235,9 @@ class SearchSpace:
 
     config: GridConfig
     entries: list[Entry] = field(default_factory=list)
+    # Trial order within a rung: a candidate's seeds together (its repeats reuse the traced
+    # graph), or seed by seed across candidates (a stopped run has compared every row once).
+    seed_major: bool = False
 
     @classmethod
     def from_config(cls, config: GridConfig) -> SearchSpace:
@@ -262,6 +265,8 @@ class SearchSpace:
 
     def specs(self, entries: Iterable[Entry], rung: int) -> list[TrialSpec]:
         epochs = self.config.rung_epochs(rung)
+        if self.seed_major:
+            return [TrialSpec(e.candidate, e.role, s, rung, epochs) for s in self.seeds(rung) for e in entries]
         return [TrialSpec(e.candidate, e.role, s, rung, epochs) for e in entries for s in self.seeds(rung)]
 
     def images_full_schedule(self, images_per_epoch: int | None = None) -> int:

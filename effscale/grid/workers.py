@@ -158,11 +158,14 @@ class _Worker:
 
 
 def group_by_candidate(specs: list[TrialSpec]) -> list[list[TrialSpec]]:
-    """Consecutive runs of one candidate's trials, in the order given."""
-    groups: dict[str, list[TrialSpec]] = {}
+    """Consecutive runs of one candidate's trials, in the order given (a worker takes a run)."""
+    groups: list[list[TrialSpec]] = []
     for spec in specs:
-        groups.setdefault(spec.candidate.id, []).append(spec)
-    return list(groups.values())
+        if groups and groups[-1][0].candidate.id == spec.candidate.id:
+            groups[-1].append(spec)
+        else:
+            groups.append([spec])
+    return groups
 
 
 class WorkerPool:
