@@ -249,6 +249,18 @@ def test_confirm_phi_retrains_the_chosen_paper_and_single_axis_rows_one_step_up(
     code, _, err = run_cli("grid", "--resume", str(run_dir), "--fake-trials", "0")
     assert code == 0, err
     assert len(RunDir(run_dir / "confirm").read_jsonl("trials.jsonl")) == lines  # nothing retrained
+    assert "so far" not in err
+
+    # a check stopped early: only the first row's seed 0 finished; its sentence says so
+    log = run_dir / "confirm" / "trials.jsonl"
+    first = starts[0]["trial_id"]
+    kept = [line for line in log.read_text().splitlines() if json.loads(line)["trial_id"] == first]
+    log.write_text("\n".join(kept) + "\n")
+    code, out, err = run_cli("report", str(run_dir), "--format", "json")
+    assert code == 0, err
+    sentence = json.loads(out)["summary"]["confirm"]["sentence"]
+    missing = [r["phi1_id"] for r in confirm["rows"] if r["id"] != starts[0]["candidate"]["id"]]
+    assert sentence.endswith(f"(so far: 1 of {len(records)} trials; no result yet for {', '.join(missing)}).")
 
 
 def test_a_finished_search_takes_its_confirmation_on_resume_until_it_has_started(run_cli, tmp_path):

@@ -133,11 +133,17 @@ def summarize(run: RunDir, space: SearchSpace, phi1_rows: list[dict] | None = No
     return {"phi": rows[0]["phi"] if rows else None, "rows": out_rows, "verdict": verdict, "kendall_tau": tau,
             "chosen_in_tie_set": chosen_id in verdict.get("tie_set", []) if verdict else None,
             "compound_vs_single_axis": versus, "complete": len(trials), "planned": planned,
-            "sentence": _sentence(verdict, chosen_id, tau, versus, rows)}
+            "sentence": _sentence(verdict, chosen_id, tau, versus, rows, len(trials), planned,
+                                  [x["phi1_id"] for x in rows if x["id"] not in results])}
 
 
-def _sentence(verdict: dict, chosen_id: str | None, tau, versus, rows) -> str | None:
-    """One sentence, naming rows by their phi=1 ids (the ids the search table shows)."""
+def _sentence(verdict: dict, chosen_id: str | None, tau, versus, rows, complete: int, planned: int,
+              untrained: list[str]) -> str | None:
+    """One sentence, naming rows by their phi=1 ids (the ids the search table shows).
+
+    A check that has not finished says so, and which rows it has not scored yet: a tie set
+    or a tau over the rows trained so far must not read as the final answer.
+    """
     if not verdict:
         return None
     phi, back = rows[0]["phi"], {x["id"]: x["phi1_id"] for x in rows}
@@ -151,6 +157,9 @@ def _sentence(verdict: dict, chosen_id: str | None, tau, versus, rows) -> str | 
                  f"{back[versus['single_axis']]}: "
                  f"{100 * versus['diff']:+.1f} points, 95% CI [{100 * versus['diff_lo']:+.1f}, "
                  f"{100 * versus['diff_hi']:+.1f}]")
+    if complete < planned:
+        text += f" (so far: {complete} of {planned} trials"
+        text += f"; no result yet for {', '.join(untrained)})" if untrained else ")"
     return text + "."
 
 
