@@ -24,8 +24,10 @@ for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREAD
 
 
 def rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    # the figure the local executor's memory rule reads for its workers
+    from effscale.grid.workers import process_rss_mb
+
+    return process_rss_mb(os.getpid()) or 0.0
 
 
 def main() -> int:

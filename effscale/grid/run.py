@@ -59,7 +59,11 @@ class GridResult:
 
 def stored_config(run_dir) -> GridConfig:
     """The settings a grid run directory was created with (the base of a resumed config)."""
-    return GridConfig.from_dict(open_run_dir(Path(run_dir), "grid").read_manifest().get("config", {}))
+    return _manifest_config(open_run_dir(Path(run_dir), "grid"))
+
+
+def _manifest_config(run: RunDir) -> GridConfig:
+    return GridConfig.from_dict(run.read_manifest().get("config", {}))
 
 
 def check_resume(run: RunDir, config: GridConfig) -> bool:
@@ -68,14 +72,15 @@ def check_resume(run: RunDir, config: GridConfig) -> bool:
     The confirmation runs after the search and never changes its trials, so it may be added
     to (or changed on) a run until it has started; then its rows are fixed.
     """
-    stored = GridConfig.from_dict(run.read_manifest().get("config", {}))
+    stored = _manifest_config(run)
     run.check_resume(config.replace(confirm_phi=stored.confirm_phi).to_dict())
     if config.confirm_phi == stored.confirm_phi:
         return False
     from effscale.grid.confirm import SUBDIR
 
-    if (run.path / SUBDIR / "manifest.json").exists():
-        started = RunDir(run.path / SUBDIR).read_manifest().get("config", {}).get("phi")
+    check = RunDir(run.path / SUBDIR)
+    if check.manifest_path.exists():
+        started = check.read_manifest().get("config", {}).get("phi")
         raise RunDirError(f"Run dir {run.path} has a confirmation at phi={started:g} under way; resume it "
                           f"without --confirm-phi, or pass a new --run-dir.")
     return True
@@ -148,6 +153,7 @@ def run(config: GridConfig, run_dir=None, *, resume: bool = False, executor="loc
         if not (math.isfinite(value) and 0 <= value <= 1024):
             raise ConfigError(f"{flag} must be a number between 0 and 1024, got {value:g}")
     space = SearchSpace.from_config(config)
+    confirm_changed = False
     if resume:
         if run_dir is None:
             raise ValueError("resume=True needs the run_dir to resume")
@@ -157,7 +163,7 @@ def run(config: GridConfig, run_dir=None, *, resume: bool = False, executor="loc
     if not resume:
         run = prepare_run_dir(Path(run_dir) if run_dir is not None else default_run_dir(config), overwrite)
     with run:
-        if resume and confirm_changed:
+        if confirm_changed:
             record_confirm_phi(run, config.confirm_phi)
         if not resume:
             manifest = run.write_manifest("grid", config.to_dict(), seed=config.data_seed, backend=backend)

@@ -134,15 +134,7 @@ class _Worker:
         return self.process.poll() is None
 
     def rss_mb(self) -> float | None:
-        """Resident memory now (Linux /proc; None elsewhere, where only the trial count applies)."""
-        try:
-            with open(f"/proc/{self.process.pid}/status", encoding="ascii") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-        except (OSError, ValueError):
-            return None
-        return None
+        return process_rss_mb(self.process.pid)
 
     def stop(self, timeout: float = 5.0) -> None:
         try:
@@ -155,6 +147,18 @@ class _Worker:
             self.process.kill()
         self.process.wait()
         self.conn.close()
+
+
+def process_rss_mb(pid: int) -> float | None:
+    """Resident memory now (Linux /proc; None elsewhere, where only the trial count applies)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def group_by_candidate(specs: list[TrialSpec]) -> list[list[TrialSpec]]:
