@@ -2,6 +2,7 @@
 
     python benchmarks/onednn.py                 # 2 threads, 64 px, batch 64
     python benchmarks/onednn.py --threads 1     # as each of the grid's two local workers runs
+    python benchmarks/onednn.py --threads 1 --network proxy --size 48   # the grid's proxy base
 
 TensorFlow turns oneDNN on by default only on x86 CPUs with AVX512-VNNI/AMX-class
 extensions, so on an AVX2-only CPU ``effscale`` asks for it (``TF_ENABLE_ONEDNN_OPTS=1``,
@@ -31,7 +32,13 @@ from effscale.net.arch import BASELINE
 from effscale.net.keras_model import build_model
 size, batch, steps, epochs = (int(a) for a in sys.argv[1:5])
 keras.utils.set_random_seed(0)
-model = build_model(BASELINE, num_classes=10, image_size=size)
+if sys.argv[5] == "proxy":  # the grid's default proxy base: half-width B0, as a worker trains it
+    from effscale.grid.config import GridConfig
+    from effscale.grid.search import proxy_network
+    network = proxy_network(GridConfig(resolution=size))
+else:
+    network = BASELINE
+model = build_model(network, num_classes=10, image_size=size)
 model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
 x = np.random.default_rng(0).uniform(0, 255, (batch * steps, size, size, 3)).astype("float32")
 y = np.random.default_rng(1).integers(0, 10, batch * steps)
@@ -60,7 +67,7 @@ def cpu_flags() -> str:
 def one(setting: str, args) -> dict:
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, TF_NUM_INTRAOP_THREADS=str(args.threads),
                TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS=str(args.threads))
-    argv = [sys.executable, "-c", CHILD, str(args.size), str(args.batch), str(args.steps), str(args.epochs)]
+    argv = [sys.executable, "-c", CHILD, str(args.size), str(args.batch), str(args.steps), str(args.epochs), args.network]
     out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -73,8 +80,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--network", choices=("b0", "proxy"), default="b0",
+                        help="B0, or the grid's proxy base (half-width B0; --size is its resolution)")
     args = parser.parse_args()
-    print(f"CPU: {cpu_flags()}; B0 at {args.size} px, batch {args.batch}, {args.threads} thread(s), "
+    print(f"CPU: {cpu_flags()}; {'B0' if args.network == 'b0' else 'the grid proxy base'} at {args.size} px, batch {args.batch}, {args.threads} thread(s), "
           f"{args.steps} steps x {args.epochs} epochs after a 1-step trace")
     runs: dict[str, list[dict]] = {"0": [], "1": []}
     for _ in range(args.pairs):

@@ -15,7 +15,9 @@ turns the capture off.
 On x86-64, TensorFlow turns its oneDNN kernels on by default only on CPUs with the newest
 vector extensions (AVX512-VNNI, AMX); on an AVX2-only CPU they stay off, and B0 trained at
 1/1.42 of the speed it reaches with them (benchmarks/onednn.py, docs/performance.md). So
-``TF_ENABLE_ONEDNN_OPTS=1`` is set unless the user set it.
+``TF_ENABLE_ONEDNN_OPTS=1`` is set unless the user set it. The grid's one-thread workers
+are the exception (``onednn_setting``): for the small proxy networks oneDNN made a
+one-thread step slower (0.71x on an AVX2 AMD EPYC, 0.94x on an AVX-512 Xeon).
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ import sys
 import tempfile
 
 native_startup_output: list[str] = []
+_ONEDNN_SET_BY_USER = "TF_ENABLE_ONEDNN_OPTS" in os.environ  # read before set_defaults() sets it
+
+
+def onednn_setting(threads: int) -> str | None:
+    """``TF_ENABLE_ONEDNN_OPTS`` for a TensorFlow process with ``threads`` threads; None: leave as is.
+
+    One thread training a small network is faster without oneDNN (benchmarks/onednn.py
+    ``--threads 1 --network proxy``); a user's own setting always wins.
+    """
+    if _ONEDNN_SET_BY_USER or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    return "0" if threads == 1 else "1"
 
 
 def set_defaults() -> None:

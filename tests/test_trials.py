@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import platform
 
 import pytest
 
@@ -428,3 +430,41 @@ def test_the_grid_report_shows_the_non_training_share(store):
     lines = report.summary_lines(info)
     expected = f"Time: 25% of {4 * space.planned_trials()}s of trial time was not training"
     assert any(line.startswith(expected) for line in lines), lines
+
+
+class _ReportsOneDnn:
+    """A trainer that returns the worker's oneDNN setting and TensorFlow thread count."""
+
+    def __call__(self, spec):
+        return {"onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "threads": os.environ.get("TF_NUM_INTRAOP_THREADS")}
+
+
+def _worker_environment(user_setting: str | None) -> dict:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    driver = (
+        "import json, pickle\n"
+        "from effscale.backend import set_defaults\n"
+        "set_defaults()\n"  # as the CLI does before it starts workers
+        "from effscale.grid.workers import _Worker\n"
+        "from effscale.grid.search import Candidate, TrialSpec\n"
+        "from test_trials import _ReportsOneDnn\n"
+        "w = _Worker(pickle.dumps(_ReportsOneDnn()), threads=1)\n"
+        "w.send(TrialSpec(Candidate(1.2, 1.1, 1.15), 'paper', 0, 0, 1))\n"
+        "print(json.dumps(w.conn.recv()[1]))\n"
+        "w.spec = None\n"
+        "w.stop()\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if user_setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = user_setting
+    done = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, check=True, env=env,
+                          cwd=Path(__file__).parent)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN defaults are x86-64 only")
+def test_one_thread_workers_run_without_onednn_unless_the_user_asks_for_it():
+    assert _worker_environment(None) == {"onednn": "0", "threads": "1"}  # the driver itself was set to "1"
+    assert _worker_environment("1") == {"onednn": "1", "threads": "1"}

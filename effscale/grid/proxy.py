@@ -269,23 +269,28 @@ def _prepare_model(spec: TrialSpec, config: GridConfig, dataset, timing: dict):
     return model, reused
 
 
-def _epoch_batches(dataset, seed: int, epoch: int, batch: int, steps: int):
-    """Epoch ``epoch``'s batches: the same ones whether the trial started at epoch 0 or continued."""
-    import keras
+def _epoch_order(n_train: int, seed: int, epoch: int, batch: int, steps: int) -> np.ndarray:
+    """Epoch ``epoch``'s batches (rows of indices): the same whether the trial started at epoch 0 or continued."""
+    return np.random.default_rng([seed, epoch]).permutation(n_train)[: steps * batch].reshape(steps, batch)
 
-    order = np.random.default_rng([seed, epoch]).permutation(len(dataset.y_train))[: steps * batch]
-    order = order.reshape(steps, batch)
-    x, y, classes = dataset.x_train, dataset.y_train, dataset.num_classes
 
-    class Batches(keras.utils.PyDataset):
-        def __len__(self):
-            return steps
+def _train_epoch(model, dataset, order: np.ndarray, first: dict) -> dict:
+    """One epoch of ``train_on_batch`` calls; the epoch's mean loss and accuracy, as ``fit`` reports them.
 
-        def __getitem__(self, i):
-            idx = order[i]
-            return x[idx].astype(np.float32), np.eye(classes, dtype=np.float32)[y[idx]]
-
-    return Batches(workers=1, use_multiprocessing=False)
+    Not ``fit`` over a ``PyDataset``: under TensorFlow that feeds the batches through
+    ``tf.data.Dataset.from_generator``, whose Python callbacks on tf.data's threads made
+    every step 2.6x slower on a 2-core machine, and the slowdown outlived the ``fit``
+    (benchmarks/grid_datapath.py). ``train_on_batch`` runs the same compiled step in this
+    thread, and on every backend.
+    """
+    x, y, eye = dataset.x_train, dataset.y_train, np.eye(dataset.num_classes, dtype=np.float32)
+    totals: dict[str, float] = {}
+    for idx in order:
+        logs = model.train_on_batch(x[idx].astype(np.float32), eye[y[idx]], return_dict=True)
+        first.setdefault("t", time.perf_counter())
+        for name, value in logs.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return {name: total / len(order) for name, total in totals.items()}
 
 
 def _previous_state(spec: TrialSpec, run_path: str | None, model, key: tuple):
@@ -325,10 +330,8 @@ def run_proxy_trial(spec: TrialSpec, config: GridConfig, dataset, run_path: str 
     rows = []
     t3 = time.perf_counter()
     for epoch in range(start, spec.epochs):
-        # shuffle=False: Keras would otherwise permute the batches with numpy's global state
-        history = model.fit(_epoch_batches(dataset, spec.seed, epoch, batch, steps), epochs=1, verbose=0,
-                            shuffle=False, callbacks=[_FirstStep.make(first)])
-        rows.append({k: float(v[-1]) for k, v in history.history.items()} | {"epoch": epoch + 1})
+        order = _epoch_order(len(dataset.y_train), spec.seed, epoch, batch, steps)
+        rows.append(_train_epoch(model, dataset, order, first) | {"epoch": epoch + 1})
     t4 = time.perf_counter()
     timing["first_step"] = first.get("t", t4) - t3
     timing["train"] = t4 - t3 - timing["first_step"]
@@ -367,26 +370,14 @@ def run_proxy_trial(spec: TrialSpec, config: GridConfig, dataset, run_path: str 
 
 
 def _predict(model, images: np.ndarray, batch: int) -> np.ndarray:
-    """Class probabilities; padded to whole batches so prediction keeps one traced shape."""
+    """Class probabilities, batch by batch in this thread (see ``_train_epoch``); the last
+    batch is padded so prediction keeps one traced shape."""
     n = len(images)
     batch = max(1, min(batch, n))
-    padded = -(-n // batch) * batch
-    x = images.astype(np.float32)
-    if padded != n:
-        x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), dtype=np.float32)])
-    return np.asarray(model.predict(x, batch_size=batch, verbose=0))[:n]
-
-
-class _FirstStep:
-    """A Keras callback recording when the first training step ends (graph tracing included)."""
-
-    @staticmethod
-    def make(store: dict):
-        import keras
-
-        class FirstStep(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if "t" not in store:
-                    store["t"] = time.perf_counter()
-
-        return FirstStep()
+    out = []
+    for start in range(0, n, batch):
+        x = images[start:start + batch].astype(np.float32)
+        if len(x) < batch:
+            x = np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]), dtype=np.float32)])
+        out.append(np.asarray(model.predict_on_batch(x)))
+    return np.concatenate(out)[:n]

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from multiprocessing.connection import Connection, wait
 
+from effscale.backend import onednn_setting
 from effscale.grid.search import TrialSpec
 
 log = logging.getLogger("effscale.grid.workers")
@@ -106,6 +107,9 @@ class _Worker:
     def __init__(self, trainer_bytes: bytes, threads: int):
         ours, theirs = socket.socketpair()
         env = dict(os.environ) | {name: str(threads) for name in THREAD_VARIABLES}
+        onednn = onednn_setting(threads)
+        if onednn is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = onednn
         # the worker imports what this process would: the same effscale (an editable install or a
         # checkout) and the module defining the trainer (a notebook's, a test's)
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([PACKAGE_ROOT, *(p or os.getcwd() for p in sys.path)]))
