@@ -56,6 +56,15 @@ def set_defaults() -> None:
             sys.meta_path.insert(0, _QuietTensorFlow())
 
 
+def backend_name() -> str:
+    """The Keras backend a Keras import here would use, without importing Keras (about 0.7 GB).
+
+    Keras takes ``KERAS_BACKEND`` over its config file, and ``set_defaults`` sets it.
+    """
+    set_defaults()
+    return os.environ["KERAS_BACKEND"]
+
+
 @contextlib.contextmanager
 def native_stderr_captured():
     """Point descriptor 2 at a temporary file for the duration; keep what was written."""

@@ -33,6 +33,16 @@ def test_scale_command_does_not_import_keras():
     assert _loaded_heavy(code) == "[]"
 
 
+def test_the_grid_driver_does_not_import_keras():
+    """The driver loads the proxy data, writes the manifest and ships the trainer to its
+    workers; importing Keras there would cost it ~0.7 GB of the search's memory."""
+    code = ("import pickle\nfrom effscale.grid.config import preset\nfrom effscale.grid.proxy import ProxyTrainer\n"
+            "t = ProxyTrainer.load(preset('smoke').replace(dataset='synthetic', limit_train=64, limit_val=32))\n"
+            "assert t.backend == 'tensorflow' and t.num_classes == 10 and t.dataset_summary\n"
+            "pickle.dumps(t)")
+    assert _loaded_heavy(code) == "[]"
+
+
 @pytest.mark.slow
 def test_tensorflow_start_up_lines_stay_off_the_console():
     code = ("from effscale.backend import set_defaults, native_startup_output\nset_defaults()\nimport keras\n"

@@ -22,7 +22,8 @@ this process, in worker processes or on Ray. Each call runs ``run_proxy_trial``:
    trial seed and e; the last partial batch is dropped, which also keeps one batch shape
    and so one trace). A rung-0 trial therefore ends at a learning rate still near its
    peak, which the BatchNorm recalibration below makes harmless to score;
-4. Adam, no augmentation (the proxy underfits; augmentation only slows it down);
+4. Adam, no augmentation (the proxy underfits; augmentation only slows it down), batch by
+   batch with ``train_on_batch`` in this thread (see ``_train_epoch`` for why not ``fit``);
 5. **BatchNorm**: Keras's momentum 0.99 makes the moving statistics an average over the
    last ~100 steps of a network that changed a lot during them, and a 1-epoch proxy trial
    has about 60 steps: the moving statistics are still close to their initial values and
@@ -31,7 +32,7 @@ this process, in worker processes or on Ray. Each call runs ``run_proxy_trial``:
    layer's statistics as the exact average over ``bn_recalibration_batches`` training
    batches of the final weights ("precise BN", Wu & Johnson 2021). The state saved for
    the next rung is taken before this, as one longer run would have it;
-6. one ``predict`` pass over the validation images: the predicted class per image (kept in
+6. one pass of ``predict_on_batch`` over the validation images: the predicted class per image (kept in
    the run dir for paired statistics), accuracy and loss from the same probabilities.
 
 It returns metrics, the predictions and seconds per phase (``trials.TIMING_PHASES``:
@@ -54,7 +55,7 @@ from effscale.grid import checkpoints
 from effscale.grid.config import GridConfig
 from effscale.grid.search import TrialSpec, proxy_network, trial_id
 
-from effscale.backend import set_defaults  # noqa: E402
+from effscale.backend import backend_name, set_defaults  # noqa: E402
 
 set_defaults()
 
@@ -89,9 +90,8 @@ class ProxyTrainer:
 
     @property
     def backend(self) -> str:
-        import keras
-
-        return keras.backend.backend()
+        # not keras.backend.backend(): the search's driver never imports Keras (its workers do)
+        return backend_name()
 
     def __call__(self, spec: TrialSpec) -> dict:
         return run_proxy_trial(spec, self.config, self.dataset, self.run_path)
