@@ -35,6 +35,30 @@ for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREAD
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as a one-thread worker runs
 
 
+def old_fit_epoch(model, dataset, order, first: dict) -> dict:
+    """The trial epoch effscale 0.1.0 to 2026-12-02 ran: ``fit`` over a fresh ``PyDataset``, with a
+    callback timing the first step; same signature as ``effscale.grid.proxy._train_epoch``."""
+    import keras
+    import numpy as np
+
+    x, y, eye = dataset.x_train, dataset.y_train, np.eye(dataset.num_classes, dtype=np.float32)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return len(order)
+
+        def __getitem__(self, i):
+            return x[order[i]].astype(np.float32), eye[y[order[i]]]
+
+    class FirstStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            first.setdefault("t", time.perf_counter())
+
+    history = model.fit(Batches(workers=1, use_multiprocessing=False), epochs=1, verbose=0, shuffle=False,
+                        callbacks=[FirstStep()])
+    return {k: float(v[-1]) for k, v in history.history.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic")
@@ -61,14 +85,6 @@ def main() -> int:
     model, _ = _prepare_model(spec, config, data, {})
     batch, steps = config.batch_size, args.steps
     order = np.arange(steps * batch).reshape(steps, batch) % len(data.y_train)
-    eye = np.eye(data.num_classes, dtype=np.float32)
-
-    class Batches(keras.utils.PyDataset):  # the path effscale 0.1.0 to 2026-12-02 used
-        def __len__(self):
-            return steps
-
-        def __getitem__(self, i):
-            return data.x_train[order[i]].astype(np.float32), eye[data.y_train[order[i]]]
 
     def timed(label: str, epoch) -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -83,17 +99,12 @@ def main() -> int:
     def by_batch():
         _train_epoch(model, data, order, {})
 
-    class FirstStep(keras.callbacks.Callback):  # the old trial's timer of its first step
-        def on_train_batch_end(self, batch, logs=None):
-            pass
-
-    def by_fit():  # as the old trial ran each epoch: a fresh PyDataset, the first-step callback
-        model.fit(Batches(workers=1, use_multiprocessing=False), epochs=1, verbose=0, shuffle=False,
-                  callbacks=[FirstStep()])
+    def by_fit():
+        old_fit_epoch(model, data, order, {})
 
     print(f"row {spec.candidate.id}, {steps} batches of {batch}, one thread, {keras.backend.backend()}")
     if args.trials:  # in a process that has not run the steps below
-        whole_trials(trainer, spec, keras, np)
+        whole_trials(trainer, spec)
         return 0
     timed("train_on_batch, first epoch (trace)", by_batch)
     before = [timed("train_on_batch", by_batch) for _ in range(2)]
@@ -107,33 +118,15 @@ def main() -> int:
     return 0
 
 
-def whole_trials(trainer, spec, keras, np) -> None:
+def whole_trials(trainer, spec) -> None:
     """Seeds 1 and 2 of the row as whole trials: with today's epochs, then with the old ``fit`` epochs."""
     from dataclasses import replace
 
     from effscale.grid import proxy
 
-    def old_epoch(model, dataset, order, first):  # effscale <= 2026-12-02's epoch, as it was
-        x, y, eye = dataset.x_train, dataset.y_train, np.eye(dataset.num_classes, dtype=np.float32)
-
-        class Batches(keras.utils.PyDataset):
-            def __len__(self):
-                return len(order)
-
-            def __getitem__(self, i):
-                return x[order[i]].astype(np.float32), eye[y[order[i]]]
-
-        class First(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                first.setdefault("t", time.perf_counter())
-
-        history = model.fit(Batches(workers=1, use_multiprocessing=False), epochs=1, verbose=0, shuffle=False,
-                            callbacks=[First()])
-        return {k: float(v[-1]) for k, v in history.history.items()}
-
     new_epoch = proxy._train_epoch
     train = {}
-    for label, epoch in (("train_on_batch", new_epoch), ("fit(PyDataset)", old_epoch)):
+    for label, epoch in (("train_on_batch", new_epoch), ("fit(PyDataset)", old_fit_epoch)):
         proxy._train_epoch = epoch
         for seed in (1, 2):
             timings = trainer(replace(spec, seed=seed))["timings"]

@@ -31,6 +31,7 @@ import sys
 import tempfile
 
 native_startup_output: list[str] = []
+_X86_64 = platform.machine().lower() in ("x86_64", "amd64")  # where TensorFlow has oneDNN kernels
 _ONEDNN_SET_BY_USER = "TF_ENABLE_ONEDNN_OPTS" in os.environ  # read before set_defaults() sets it
 
 
@@ -40,7 +41,7 @@ def onednn_setting(threads: int) -> str | None:
     One thread training a small network is faster without oneDNN (benchmarks/onednn.py
     ``--threads 1 --network proxy``); a user's own setting always wins.
     """
-    if _ONEDNN_SET_BY_USER or platform.machine().lower() not in ("x86_64", "amd64"):
+    if _ONEDNN_SET_BY_USER or not _X86_64:
         return None
     return "0" if threads == 1 else "1"
 
@@ -49,7 +50,7 @@ def set_defaults() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     # TensorFlow's C++ start-up chatter (oneDNN, CPU features) would bury effscale's output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    if _X86_64:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     if os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1") and "tensorflow" not in sys.modules:
         if not any(isinstance(finder, _QuietTensorFlow) for finder in sys.meta_path):

@@ -277,11 +277,10 @@ def _epoch_order(n_train: int, seed: int, epoch: int, batch: int, steps: int) ->
 def _train_epoch(model, dataset, order: np.ndarray, first: dict) -> dict:
     """One epoch of ``train_on_batch`` calls; the epoch's mean loss and accuracy, as ``fit`` reports them.
 
-    Not ``fit`` over a ``PyDataset``: under TensorFlow that feeds the batches through
-    ``tf.data.Dataset.from_generator``, whose Python callbacks on tf.data's threads made
-    every step 2.6x slower on a 2-core machine, and the slowdown outlived the ``fit``
-    (benchmarks/grid_datapath.py). ``train_on_batch`` runs the same compiled step in this
-    thread, and on every backend.
+    Not ``fit`` over a ``PyDataset``: under TensorFlow that feeds the batches through a
+    tf.data generator, and whole trials trained 1.12-1.21x as long that way on a 2-core
+    machine; the slowdown also outlived the ``fit`` (benchmarks/grid_datapath.py).
+    ``train_on_batch`` runs the same compiled step in this thread, and on every backend.
     """
     x, y, eye = dataset.x_train, dataset.y_train, np.eye(dataset.num_classes, dtype=np.float32)
     totals: dict[str, float] = {}
