@@ -77,21 +77,25 @@ def test_a_continued_promotion_equals_one_longer_run(tiny, tmp_path):
     assert not checkpoints.checkpoint_path(tmp_path, "a1.20-b1.10-g1.15-s0-r1").exists()
 
 
-def test_bn_recalibration_sets_the_exact_average_of_batch_statistics(tiny):
+@pytest.mark.parametrize("chunk", [None, 40], ids=["one-call", "unequal-chunks"])
+def test_bn_recalibration_sets_the_exact_average_of_batch_statistics(tiny, monkeypatch, chunk):
     import keras
 
-    from effscale.grid.proxy import build_proxy_model, recalibrate_batchnorm
+    from effscale.grid import proxy
 
     config, dataset = tiny
     spec = TrialSpec(PAPER, "paper", 0, 0, 1)
-    model = build_proxy_model(spec, config, dataset.image_shape, dataset.num_classes)
+    model = proxy.build_proxy_model(spec, config, dataset.image_shape, dataset.num_classes)
     backbone = model.get_layer("proxy")
     stem_bn = backbone.get_layer("stem_bn")
     assert stem_bn.momentum == config.bn_momentum  # lowered for proxy training
-    images = dataset.x_train[:96]
-    used = recalibrate_batchnorm(model, images, batches=3, batch_size=32)
+    if chunk is not None:  # 75 images in calls of at most 40: 38 and 37, which must be weighted by size
+        largest = max(int(np.prod(bn.input.shape[1:])) for bn in proxy._batchnorms(model))
+        monkeypatch.setattr(proxy, "RECALIBRATION_CHUNK_ELEMENTS", chunk * largest)
+    used = proxy.recalibrate_batchnorm(model, dataset.x_train, batches=3, batch_size=25)
     assert used == 3 and stem_bn.momentum == config.bn_momentum  # restored
-    # independently: the stem conv's output over the same 96 images, per channel
+    # independently: the stem conv's output over the same 75 images, per channel
+    images = dataset.x_train[np.random.default_rng(0).permutation(len(dataset.x_train))[:75]]
     resize = model.get_layer("resize") if any(l.name == "resize" for l in model.layers) else None
     probe = keras.Model(backbone.input, backbone.get_layer("stem_conv").output)
     x = images.astype("float32")

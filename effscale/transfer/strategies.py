@@ -14,6 +14,7 @@ set_defaults()
 import keras  # noqa: E402
 
 from effscale.transfer.config import TransferConfig  # noqa: E402
+from effscale.net.training_state import create_training_variables  # noqa: E402
 from effscale.transfer.model import HEAD_LAYERS, flat_layers  # noqa: E402
 
 
@@ -83,6 +84,7 @@ def compile_model(model, config: TransferConfig, optimizer, num_classes: int) ->
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5")],
     )
+    create_training_variables(model)  # else the first step is traced twice
 
 
 def current_lr(optimizer) -> float:
