@@ -110,11 +110,13 @@ def _batchnorms(model) -> list:
     return found
 
 
-# Elements of the largest BatchNorm input per eager forward call (256 MB in float32). An
-# eager call of a B0-sized network costs about a second of per-op dispatch whatever its batch
-# (B0 at 32 px: 0.93 s for 32 images, 1.64 s for 512), so recalibration pools its batches
-# into as few calls as this bound allows.
-RECALIBRATION_CHUNK_ELEMENTS = 64 * 2**20
+# Elements of the largest BatchNorm input per eager forward call. An eager call of a
+# B0-sized network costs about a second of per-op dispatch whatever its batch (B0 at 32 px:
+# 0.93 s for 32 images, 1.64 s for 512), so small inputs are pooled into fewer calls; but an
+# eager training-mode call holds about 100 bytes per element at its peak (the 68 px proxy,
+# 512 images in one call: +3.0 GB resident and no faster than 8 calls of 64), so the pool
+# stops at 4 M elements (about 0.4 GB): 75 images for that proxy, 170 for B0 at 32 px.
+RECALIBRATION_CHUNK_ELEMENTS = 4 * 2**20
 
 
 def recalibrate_batchnorm(model, images: np.ndarray, batches: int, batch_size: int, seed: int = 0) -> int:
