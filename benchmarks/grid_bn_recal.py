@@ -45,8 +45,6 @@ def main() -> int:
                            check=True)
         return 0
 
-    import numpy as np
-
     from effscale.grid import proxy
     from effscale.grid.config import GridConfig
     from effscale.grid.search import Candidate, TrialSpec
@@ -55,7 +53,7 @@ def main() -> int:
     data, config = trainer.dataset, trainer.config
     spec = TrialSpec(Candidate(*(float(v) for v in args.row.split(","))), "grid", 0, 0, 1)
     model = proxy.build_proxy_model(spec, config, data.image_shape, data.num_classes)
-    largest = max(int(np.prod(bn.input.shape[1:])) for bn in proxy._batchnorms(model))
+    largest = proxy.largest_batchnorm_input(model)
     sizes = [int(v) for v in args.chunks.split(",")]
     batches, batch = config.bn_recalibration_batches, config.batch_size
     print(f"row {spec.candidate.id}: {batches} batches of {batch}, one thread; largest BN input "

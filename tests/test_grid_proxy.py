@@ -90,8 +90,8 @@ def test_bn_recalibration_sets_the_exact_average_of_batch_statistics(tiny, monke
     stem_bn = backbone.get_layer("stem_bn")
     assert stem_bn.momentum == config.bn_momentum  # lowered for proxy training
     if chunk is not None:  # 75 images in calls of at most 40: 38 and 37, which must be weighted by size
-        largest = max(int(np.prod(bn.input.shape[1:])) for bn in proxy._batchnorms(model))
-        monkeypatch.setattr(proxy, "RECALIBRATION_CHUNK_ELEMENTS", chunk * largest)
+        bound = chunk * proxy.largest_batchnorm_input(model)
+        monkeypatch.setattr(proxy, "RECALIBRATION_CHUNK_ELEMENTS", bound)
     used = proxy.recalibrate_batchnorm(model, dataset.x_train, batches=3, batch_size=25)
     assert used == 3 and stem_bn.momentum == config.bn_momentum  # restored
     # independently: the stem conv's output over the same 75 images, per channel

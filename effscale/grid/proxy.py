@@ -110,12 +110,10 @@ def _batchnorms(model) -> list:
     return found
 
 
-# Elements of the largest BatchNorm input per eager forward call. An eager call of a
-# B0-sized network costs about a second of per-op dispatch whatever its batch (B0 at 32 px:
-# 0.93 s for 32 images, 1.64 s for 512), so small inputs are pooled into fewer calls; but an
-# eager training-mode call holds about 100 bytes per element at its peak (the 68 px proxy,
-# 512 images in one call: +3.0 GB resident and no faster than 8 calls of 64), so the pool
-# stops at 4 M elements (about 0.4 GB): 75 images for that proxy, 170 for B0 at 32 px.
+# Values of the largest BatchNorm input per eager call. An eager call of B0 costs about a
+# second of dispatch whatever its batch, so small inputs are pooled; but a training-mode call
+# holds about 100 bytes per value at its peak (the 68 px proxy, 512 images in one call: +3 GB
+# and no faster than 8 of 64), so at most 4 M (about 0.4 GB): 75 images there, 170 for B0 at 32 px.
 RECALIBRATION_CHUNK_ELEMENTS = 4 * 2**20
 
 
@@ -134,7 +132,7 @@ def recalibrate_batchnorm(model, images: np.ndarray, batches: int, batch_size: i
     if not bns or batches <= 0 or len(images) == 0:
         return 0
     order = np.random.default_rng(seed).permutation(len(images))[: batches * batch_size]
-    chunks = np.array_split(order, -(-len(order) // _chunk_images(bns, batch_size)))
+    chunks = np.array_split(order, -(-len(order) // _chunk_images(model, batch_size)))
     saved = [bn.momentum for bn in bns]
     seen = 0
     try:
@@ -149,9 +147,14 @@ def recalibrate_batchnorm(model, images: np.ndarray, batches: int, batch_size: i
     return -(-seen // batch_size)
 
 
-def _chunk_images(bns: list, batch_size: int) -> int:
+def largest_batchnorm_input(model) -> int:
+    """Values per image of the largest input to any BatchNorm layer of ``model``."""
+    return max(int(np.prod(bn.input.shape[1:])) for bn in _batchnorms(model))
+
+
+def _chunk_images(model, batch_size: int) -> int:
     try:
-        largest = max(int(np.prod(bn.input.shape[1:])) for bn in bns)
+        largest = largest_batchnorm_input(model)
     except (AttributeError, ValueError, TypeError):  # a layer without one symbolic input
         return batch_size
     return max(batch_size, RECALIBRATION_CHUNK_ELEMENTS // max(1, largest))
@@ -170,7 +173,6 @@ def build_proxy_model(spec: TrialSpec, config: GridConfig, image_shape, num_clas
     for bn in _batchnorms(model):
         bn.momentum = config.bn_momentum
     return model
-
 
 
 # --- one compiled model per process, reused by the next trial of the same candidate -----------

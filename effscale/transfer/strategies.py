@@ -13,8 +13,8 @@ set_defaults()
 
 import keras  # noqa: E402
 
-from effscale.transfer.config import TransferConfig  # noqa: E402
 from effscale.net.training_state import create_training_variables  # noqa: E402
+from effscale.transfer.config import TransferConfig  # noqa: E402
 from effscale.transfer.model import HEAD_LAYERS, flat_layers  # noqa: E402
 
 
