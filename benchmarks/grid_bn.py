@@ -3,7 +3,7 @@
 Trains the default proxy base for one epoch (a rung-0 trial: ~60 steps) twice, with
 Keras's BatchNorm momentum 0.99 and with the grid's 0.9, and scores each trained network
 twice: with the moving statistics as training left them, and after recomputing them on 8
-training batches (``effscale.grid.proxy.recalibrate_batchnorm``). The same weights are scored
+training batches (``effscale.net.batchnorm.recalibrate_batchnorm``). The same weights are scored
 both ways, so the difference is the statistics alone.
 
     python benchmarks/grid_bn.py --dataset ../shared/data/cifar10-jpeg.tar.gz
@@ -27,7 +27,8 @@ def main() -> int:
     import keras
 
     from effscale.data.datasets import load_dataset, make_batches
-    from effscale.grid.proxy import build_proxy_model, recalibrate_batchnorm
+    from effscale.grid.proxy import build_proxy_model
+    from effscale.net.batchnorm import recalibrate_batchnorm
 
     base = GridConfig(dataset=args.dataset)
     data = load_dataset(base.dataset, limit_train=base.limit_train, limit_val=base.limit_val, seed=base.data_seed)

@@ -2,7 +2,7 @@
 
     python benchmarks/grid_bn_recal.py --dataset ../shared/data/cifar10-jpeg.tar.gz
 
-``effscale.grid.proxy.recalibrate_batchnorm`` runs 8 batches of 64 training images through
+``effscale.net.batchnorm.recalibrate_batchnorm`` runs 8 batches of 64 training images through
 the network eagerly in training mode. Each eager call pays a fixed per-op dispatch, which
 favours few large calls; large calls stream bigger activations through the caches, which
 favours small ones. In one process with one TensorFlow thread and oneDNN off (a local grid
@@ -46,6 +46,7 @@ def main() -> int:
         return 0
 
     from effscale.grid import proxy
+    from effscale.net import batchnorm
     from effscale.grid.config import GridConfig
     from effscale.grid.search import Candidate, TrialSpec
 
@@ -53,7 +54,7 @@ def main() -> int:
     data, config = trainer.dataset, trainer.config
     spec = TrialSpec(Candidate(*(float(v) for v in args.row.split(","))), "grid", 0, 0, 1)
     model = proxy.build_proxy_model(spec, config, data.image_shape, data.num_classes)
-    largest = proxy.largest_batchnorm_input(model)
+    largest = batchnorm.largest_batchnorm_input(model)
     sizes = [int(v) for v in args.chunks.split(",")]
     batches, batch = config.bn_recalibration_batches, config.batch_size
     print(f"row {spec.candidate.id}: {batches} batches of {batch}, one thread; largest BN input "
@@ -61,9 +62,9 @@ def main() -> int:
     model(data.x_train[:batch].astype("float32"), training=True)  # warm-up: first-call costs
     if args.one:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
-        proxy.RECALIBRATION_CHUNK_ELEMENTS = args.one * largest
+        batchnorm.RECALIBRATION_CHUNK_ELEMENTS = args.one * largest
         start = time.perf_counter()
-        proxy.recalibrate_batchnorm(model, data.x_train, batches, batch)
+        batchnorm.recalibrate_batchnorm(model, data.x_train, batches, batch)
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
         print(f"  {args.one:4d} images per call: peak RSS {before:,.0f} -> {after:,.0f} MB, {seconds:.1f} s")
@@ -71,9 +72,9 @@ def main() -> int:
     times: dict[int, list[float]] = {size: [] for size in sizes}
     for _ in range(args.rounds):
         for size in sizes:
-            proxy.RECALIBRATION_CHUNK_ELEMENTS = size * largest
+            batchnorm.RECALIBRATION_CHUNK_ELEMENTS = size * largest
             start = time.perf_counter()
-            proxy.recalibrate_batchnorm(model, data.x_train, batches, batch)
+            batchnorm.recalibrate_batchnorm(model, data.x_train, batches, batch)
             times[size].append(time.perf_counter() - start)
     base = statistics.median(times[sizes[0]])
     for size in sizes:

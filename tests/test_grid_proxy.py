@@ -82,6 +82,7 @@ def test_bn_recalibration_sets_the_exact_average_of_batch_statistics(tiny, monke
     import keras
 
     from effscale.grid import proxy
+    from effscale.net import batchnorm
 
     config, dataset = tiny
     spec = TrialSpec(PAPER, "paper", 0, 0, 1)
@@ -90,9 +91,9 @@ def test_bn_recalibration_sets_the_exact_average_of_batch_statistics(tiny, monke
     stem_bn = backbone.get_layer("stem_bn")
     assert stem_bn.momentum == config.bn_momentum  # lowered for proxy training
     if chunk is not None:  # 75 images in calls of at most 40: 38 and 37, which must be weighted by size
-        bound = chunk * proxy.largest_batchnorm_input(model)
-        monkeypatch.setattr(proxy, "RECALIBRATION_CHUNK_ELEMENTS", bound)
-    used = proxy.recalibrate_batchnorm(model, dataset.x_train, batches=3, batch_size=25)
+        bound = chunk * batchnorm.largest_batchnorm_input(model)
+        monkeypatch.setattr(batchnorm, "RECALIBRATION_CHUNK_ELEMENTS", bound)
+    used = batchnorm.recalibrate_batchnorm(model, dataset.x_train, batches=3, batch_size=25)
     assert used == 3 and stem_bn.momentum == config.bn_momentum  # restored
     # independently: the stem conv's output over the same 75 images, per channel
     images = dataset.x_train[np.random.default_rng(0).permutation(len(dataset.x_train))[:75]]

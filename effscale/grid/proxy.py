@@ -54,6 +54,7 @@ import numpy as np
 from effscale.grid import checkpoints
 from effscale.grid.config import GridConfig
 from effscale.grid.search import TrialSpec, proxy_network, trial_id
+from effscale.net.batchnorm import batchnorm_layers, recalibrate_batchnorm  # noqa: F401 (re-exported)
 from effscale.net.training_state import create_training_variables
 
 from effscale.backend import backend_name, set_defaults  # noqa: E402
@@ -98,68 +99,6 @@ class ProxyTrainer:
         return run_proxy_trial(spec, self.config, self.dataset, self.run_path)
 
 
-def _batchnorms(model) -> list:
-    import keras
-
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        elif isinstance(layer, keras.Model):
-            found.extend(_batchnorms(layer))
-    return found
-
-
-# Values of the largest BatchNorm input per eager call. An eager call of B0 costs about a
-# second of dispatch whatever its batch, so small inputs are pooled; but a training-mode call
-# holds about 100 bytes per value at its peak (the 68 px proxy, 512 images in one call: +3 GB
-# and no faster than 8 of 64), so at most 4 M (about 0.4 GB): 75 images there, 170 for B0 at 32 px.
-RECALIBRATION_CHUNK_ELEMENTS = 4 * 2**20
-
-
-def recalibrate_batchnorm(model, images: np.ndarray, batches: int, batch_size: int, seed: int = 0) -> int:
-    """Set every BN layer's moving statistics to the average over ``batches`` training batches.
-
-    The ``batches * batch_size`` images are run through the network in training mode, in
-    chunks as large as ``RECALIBRATION_CHUNK_ELEMENTS`` allows, and each chunk is folded in
-    through the layers' own update rule with momentum n/(n+m) (n images seen, m in the
-    chunk): the moving mean ends as the mean over all the images, and the moving variance
-    as the image-weighted mean of the chunks' variances. Runs eagerly (a traced function
-    would freeze the momentum), forward only. Returns the number of batches' worth of
-    images used.
-    """
-    bns = _batchnorms(model)
-    if not bns or batches <= 0 or len(images) == 0:
-        return 0
-    order = np.random.default_rng(seed).permutation(len(images))[: batches * batch_size]
-    chunks = np.array_split(order, -(-len(order) // _chunk_images(model, batch_size)))
-    saved = [bn.momentum for bn in bns]
-    seen = 0
-    try:
-        for idx in chunks:
-            for bn in bns:
-                bn.momentum = seen / (seen + len(idx))
-            model(images[idx].astype("float32"), training=True)
-            seen += len(idx)
-    finally:
-        for bn, momentum in zip(bns, saved):
-            bn.momentum = momentum
-    return -(-seen // batch_size)
-
-
-def largest_batchnorm_input(model) -> int:
-    """Values per image of the largest input to any BatchNorm layer of ``model``."""
-    return max(int(np.prod(bn.input.shape[1:])) for bn in _batchnorms(model))
-
-
-def _chunk_images(model, batch_size: int) -> int:
-    try:
-        largest = largest_batchnorm_input(model)
-    except (AttributeError, ValueError, TypeError):  # a layer without one symbolic input
-        return batch_size
-    return max(batch_size, RECALIBRATION_CHUNK_ELEMENTS // max(1, largest))
-
-
 def build_proxy_model(spec: TrialSpec, config: GridConfig, image_shape, num_classes: int):
     import keras
 
@@ -170,7 +109,7 @@ def build_proxy_model(spec: TrialSpec, config: GridConfig, image_shape, num_clas
     inputs, x = resizing_inputs(image_shape, network.resolution)
     backbone = build_model(network, num_classes=num_classes, image_size=network.resolution, name="proxy")
     model = keras.Model(inputs, backbone(x), name=f"grid_{spec.candidate.id}")
-    for bn in _batchnorms(model):
+    for bn in batchnorm_layers(model):
         bn.momentum = config.bn_momentum
     return model
 

@@ -129,9 +129,9 @@ BN_RECALIBRATION_BATCHES = 16
 
 def trains_batchnorm(backbone) -> bool:
     """Whether this phase updates any BatchNorm statistics (frozen ones run in inference mode)."""
-    from effscale.grid.proxy import _batchnorms
+    from effscale.net.batchnorm import batchnorm_layers
 
-    return any(layer.trainable for layer in _batchnorms(backbone))
+    return any(layer.trainable for layer in batchnorm_layers(backbone))
 
 
 class BatchNormRecalibration(keras.callbacks.Callback):
@@ -154,7 +154,7 @@ class BatchNormRecalibration(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_test_begin(self, logs=None):
-        from effscale.grid.proxy import recalibrate_batchnorm
+        from effscale.net.batchnorm import recalibrate_batchnorm
 
         used = recalibrate_batchnorm(self.model, self.images, BN_RECALIBRATION_BATCHES, self.batch_size,
                                      seed=self.seed + self.epoch)
