@@ -3,7 +3,8 @@
     python benchmarks/tree_rss.py python -m effscale grid --budget 2 --dataset ../shared/data/cifar10-jpeg.tar.gz
 
 Samples /proc every 0.5 s (``grid_perf.TreeRSS``) and prints one line at the end: the exit
-status, the wall time, the peak of the summed RSS and the four largest per-process peaks.
+status, the wall time, the peak of the summed RSS, the peak of the summed PSS (shared
+library pages counted once, not once per process) and the four largest per-process peaks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> int:
         code = subprocess.call(sys.argv[1:])
     largest = sorted(rss.peak_by_pid.values(), reverse=True)[:4]
     print(f"MEASURE rc={code} wall={time.perf_counter() - start:.1f}s peak_tree={rss.peak_total / 1e9:.2f}GB "
+          f"peak_pss={rss.peak_pss / 1e9:.2f}GB "
           f"largest={[round(v / 1e9, 2) for v in largest]} procs={len(rss.peak_by_pid)}")
     return code
 

@@ -92,21 +92,38 @@ def _variant(path: Path) -> Path:
     return path
 
 
-def _run(tmp_path: Path, backend: str, replicas: int) -> tuple[list[dict], dict]:
-    run_dir = tmp_path / f"{backend}-{replicas}"
-    out = tmp_path / f"{backend}-{replicas}.json"
+def _start(tmp_path: Path, backend: str, replicas: int, variant: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT),
-           "EFFSCALE_DATA_CACHE": str(tmp_path / "cache")}
+           "EFFSCALE_DATA_CACHE": str(tmp_path / f"cache-{replicas}")}
     if backend == "jax":
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={replicas}"
         env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, backend, str(replicas), str(run_dir),
-                           str(_variant(tmp_path / "tiny.json")), str(out)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(run_dir / "history.csv", encoding="utf-8") as handle:
-        history = list(csv.DictReader(handle))
-    return history, json.loads(out.read_text())
+    with log.open("w") as stderr:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-c", SCRIPT, backend, str(replicas),
+                                 str(tmp_path / f"{backend}-{replicas}"), str(variant),
+                                 str(tmp_path / f"{backend}-{replicas}.json")],
+                                stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=tmp_path)
+
+
+def _run_both(tmp_path: Path, backend: str) -> list[tuple[list[dict], dict]]:
+    """The one- and two-replica runs, side by side: each is mostly a single-threaded start-up
+    and trace, so on two cores the pair takes little longer than one."""
+    variant = _variant(tmp_path / "tiny.json")  # written once, before either run reads it
+    logs = {replicas: tmp_path / f"{backend}-{replicas}.log" for replicas in (1, 2)}
+    procs = {replicas: _start(tmp_path, backend, replicas, variant, logs[replicas]) for replicas in (1, 2)}
+    results = []
+    try:
+        for proc in procs.values():  # files, not pipes: a full pipe would stall the run not being read
+            proc.wait(timeout=600)
+    finally:
+        for proc in procs.values():
+            proc.kill()
+    for replicas, proc in procs.items():
+        assert proc.returncode == 0, logs[replicas].read_text()[-3000:]
+        with open(tmp_path / f"{backend}-{replicas}" / "history.csv", encoding="utf-8") as handle:
+            history = list(csv.DictReader(handle))
+        results.append((history, json.loads((tmp_path / f"{backend}-{replicas}.json").read_text())))
+    return results
 
 
 def _weights(run_dir: Path) -> list:
@@ -144,8 +161,7 @@ def _same_history(one: list[dict], two: list[dict], rel: float, exact_accuracy: 
 
 
 def test_tensorflow_two_logical_cpus_split_batches_and_match_one_replica(tmp_path):
-    one, info_one = _run(tmp_path, "tensorflow", 1)
-    two, info = _run(tmp_path, "tensorflow", 2)
+    (one, info_one), (two, info) = _run_both(tmp_path, "tensorflow")
     steps = 2 * (IMAGES // BATCH)
     # Every step ran on both replicas, each with half the global batch.
     assert sorted(r for _, r, _ in info["seen"]) == [0] * steps + [1] * steps
@@ -165,8 +181,7 @@ def test_tensorflow_two_logical_cpus_split_batches_and_match_one_replica(tmp_pat
 
 def test_jax_two_host_devices_split_batches_and_match_one_replica(tmp_path):
     pytest.importorskip("jax")
-    one, info_one = _run(tmp_path, "jax", 1)
-    two, info = _run(tmp_path, "jax", 2)
+    (one, info_one), (two, info) = _run_both(tmp_path, "jax")
     assert info["devices"] == 2 and info_one["seen"] == []  # one replica: no distribution at all
     train_batches = [b for b in info["seen"] if sum(n for n, _ in b) == BATCH]
     assert len(train_batches) >= 2 * (IMAGES // BATCH)
