@@ -53,10 +53,12 @@ class TreeRSS:
     processes counts 1/n in each: what the tree occupies in physical memory.
     """
 
-    def __init__(self, every: float = 0.2):
+    def __init__(self, every: float = 0.2, series=None, series_every: float = 10.0):
         self.every = every
         self.peak_total = 0
         self.peak_pss = 0
+        # optional: a line "seconds summed_rss_mb summed_pss_mb processes" every series_every s
+        self.series, self.series_every, self._next_line = series, series_every, 0.0
         self.peak_by_pid: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -96,7 +98,15 @@ class TreeRSS:
         while not self._stop.is_set():
             tree = self._tree()
             self.peak_total = max(self.peak_total, sum(tree.values()))
-            self.peak_pss = max(self.peak_pss, sum(self._pss(pid) for pid in tree))
+            pss = sum(self._pss(pid) for pid in tree)
+            self.peak_pss = max(self.peak_pss, pss)
+            now = time.perf_counter()
+            if self.series is not None and now >= self._next_line:
+                self._started = getattr(self, "_started", now)
+                self.series.write(f"{now - self._started:.0f} {sum(tree.values()) / 2**20:.0f} {pss / 2**20:.0f} "
+                                  f"{len(tree)}\n")
+                self.series.flush()
+                self._next_line = now + self.series_every
             for pid, value in tree.items():
                 self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0), value)
             time.sleep(self.every)

@@ -1,6 +1,7 @@
 """Wall time and peak resident memory of a command and all its descendants.
 
     python benchmarks/tree_rss.py python -m effscale grid --budget 2 --dataset ../shared/data/cifar10-jpeg.tar.gz
+    EFFSCALE_RSS_SERIES=rss.txt python benchmarks/tree_rss.py ...   # also a line every 10 s
 
 Samples /proc every 0.5 s (``grid_perf.TreeRSS``) and prints one line at the end: the exit
 status, the wall time, the peak of the summed RSS, the peak of the summed PSS (shared
@@ -9,6 +10,7 @@ library pages counted once, not once per process) and the four largest per-proce
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +25,9 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     start = time.perf_counter()
-    with TreeRSS(every=0.5) as rss:
+    path = os.environ.get("EFFSCALE_RSS_SERIES")
+    with open(path or os.devnull, "w", encoding="utf-8") as series, \
+            TreeRSS(every=0.5, series=series if path else None) as rss:
         code = subprocess.call(sys.argv[1:])
     largest = sorted(rss.peak_by_pid.values(), reverse=True)[:4]
     print(f"MEASURE rc={code} wall={time.perf_counter() - start:.1f}s peak_tree={rss.peak_total / 1e9:.2f}GB "
