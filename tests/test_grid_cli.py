@@ -298,3 +298,16 @@ def test_kendall_tau():
     assert kendall_tau(list("abcd"), list("abcd")) == 1.0
     assert kendall_tau(list("abcd"), list("dcba")) == -1.0
     assert kendall_tau(list("abcd"), list("bacd")) == pytest.approx(4 / 6)  # one of six pairs swapped
+
+
+def test_only_rows_scaling_two_or_more_axes_count_as_compound():
+    from effscale.grid.confirm import compound_rows
+
+    def row(role, alpha, beta, gamma):
+        return {"role": role, "alpha": alpha, "beta": beta, "gamma": gamma, "id": f"{role}-{alpha}-{beta}-{gamma}"}
+
+    rows = [row("chosen", 1.0, 1.0, 1.4),  # a grid point, but resolution-only in substance
+            row("paper", 1.2, 1.1, 1.15), row("resolution-only", 1.0, 1.0, 1.4142),
+            row("chosen, width-only", 1.0, 1.4142, 1.0)]
+    assert [r["role"] for r in compound_rows(rows)] == ["paper"]
+    assert [r["role"] for r in compound_rows([row("chosen", 1.0, 1.3, 1.1), rows[1]])] == ["chosen", "paper"]

@@ -49,6 +49,15 @@ def confirm_rows(space: SearchSpace, chosen: str) -> list[dict]:
     return rows
 
 
+def compound_rows(rows: list[dict]) -> list[dict]:
+    """The chosen and paper rows that scale two or more axes: the compound side of the
+    compound-against-single-axis comparison. A chosen grid point with alpha = beta = 1
+    (a1.00-b1.00-g1.40, which won both Imagenette searches) is resolution-only in all but
+    rounding, and comparing it with resolution-only is not the paper's question."""
+    return [x for x in rows if x["role"].split(", ")[-1] in ("chosen", "paper")
+            and sum(abs(x[axis] - 1.0) > 1e-9 for axis in ("alpha", "beta", "gamma")) >= 2]
+
+
 def confirm_space(space: SearchSpace, rows: list[dict]) -> SearchSpace:
     """Every row trained once per seed for the last rung's epochs (a one-rung full schedule).
 
@@ -119,7 +128,7 @@ def summarize(run: RunDir, space: SearchSpace, phi1_rows: list[dict] | None = No
                         | {"macs_ratio": cost.get("macs_ratio"), "resolution": cost.get("resolution"),
                            "phi1_rank": order1.index(x["phi1_id"]) + 1 if x["phi1_id"] in order1 else None})
     by_role = {x["role"].split(", ")[-1]: x["id"] for x in rows}
-    compound = [x["id"] for x in rows if x["role"].split(", ")[-1] in ("chosen", "paper") and x["id"] in results]
+    compound = [x["id"] for x in compound_rows(rows) if x["id"] in results]
     singles = [by_role[r] for r in SINGLE_AXIS if by_role.get(r) in results]
     versus = None
     if compound and singles:
