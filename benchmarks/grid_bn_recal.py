@@ -46,9 +46,9 @@ def main() -> int:
         return 0
 
     from effscale.grid import proxy
-    from effscale.net import batchnorm
     from effscale.grid.config import GridConfig
     from effscale.grid.search import Candidate, TrialSpec
+    from effscale.net import batchnorm
 
     trainer = proxy.ProxyTrainer.load(GridConfig(dataset=args.dataset))
     data, config = trainer.dataset, trainer.config

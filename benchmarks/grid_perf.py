@@ -58,7 +58,8 @@ class TreeRSS:
         self.peak_total = 0
         self.peak_pss = 0
         # optional: a line "seconds summed_rss_mb summed_pss_mb processes" every series_every s
-        self.series, self.series_every, self._next_line = series, series_every, 0.0
+        self.series, self.series_every = series, series_every
+        self._started = self._next_line = 0.0  # set when sampling starts
         self.peak_by_pid: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -95,16 +96,15 @@ class TreeRSS:
         return 0
 
     def _loop(self) -> None:
+        self._started = self._next_line = time.perf_counter()
         while not self._stop.is_set():
             tree = self._tree()
-            self.peak_total = max(self.peak_total, sum(tree.values()))
-            pss = sum(self._pss(pid) for pid in tree)
+            rss, pss = sum(tree.values()), sum(self._pss(pid) for pid in tree)
+            self.peak_total = max(self.peak_total, rss)
             self.peak_pss = max(self.peak_pss, pss)
             now = time.perf_counter()
             if self.series is not None and now >= self._next_line:
-                self._started = getattr(self, "_started", now)
-                self.series.write(f"{now - self._started:.0f} {sum(tree.values()) / 2**20:.0f} {pss / 2**20:.0f} "
-                                  f"{len(tree)}\n")
+                self.series.write(f"{now - self._started:.0f} {rss / 2**20:.0f} {pss / 2**20:.0f} {len(tree)}\n")
                 self.series.flush()
                 self._next_line = now + self.series_every
             for pid, value in tree.items():
@@ -207,7 +207,8 @@ def main() -> int:
     shares = [describe_timing(s, results[s][0].run_dir) for s in ("halving", "full")]
     workers = sorted(v for pid, v in rss.peak_by_pid.items() if pid != os.getpid())
     print(f"peak RSS: {rss.peak_total / 2**30:.2f} GB for this process and its workers together (target <= 4 GB); "
-          f"summed PSS {rss.peak_pss / 2**30:.2f} GB (shared library pages once); this process {rss.peak_by_pid.get(os.getpid(), 0) / 2**30:.2f} GB; "
+          f"summed PSS {rss.peak_pss / 2**30:.2f} GB (shared library pages once); "
+          f"this process {rss.peak_by_pid.get(os.getpid(), 0) / 2**30:.2f} GB; "
           f"{len(workers)} worker processes, peaks {', '.join(f'{w / 2**30:.2f}' for w in workers)} GB")
     print(f"run dirs: {root}")
     ok = h_sec / f_sec <= 0.6 and all(s is not None and s <= 0.15 for s in shares) and (repeat is None or repeat <= 0.1)

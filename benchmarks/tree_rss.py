@@ -10,6 +10,7 @@ library pages counted once, not once per process) and the four largest per-proce
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,8 +27,8 @@ def main() -> int:
         return 2
     start = time.perf_counter()
     path = os.environ.get("EFFSCALE_RSS_SERIES")
-    with open(path or os.devnull, "w", encoding="utf-8") as series, \
-            TreeRSS(every=0.5, series=series if path else None) as rss:
+    with (open(path, "w", encoding="utf-8") if path else contextlib.nullcontext()) as series, \
+            TreeRSS(every=0.5, series=series) as rss:
         code = subprocess.call(sys.argv[1:])
     largest = sorted(rss.peak_by_pid.values(), reverse=True)[:4]
     print(f"MEASURE rc={code} wall={time.perf_counter() - start:.1f}s peak_tree={rss.peak_total / 1e9:.2f}GB "

@@ -54,7 +54,7 @@ import numpy as np
 from effscale.grid import checkpoints
 from effscale.grid.config import GridConfig
 from effscale.grid.search import TrialSpec, proxy_network, trial_id
-from effscale.net.batchnorm import batchnorm_layers, recalibrate_batchnorm  # noqa: F401 (re-exported)
+from effscale.net.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from effscale.net.training_state import create_training_variables
 
 from effscale.backend import backend_name, set_defaults  # noqa: E402
