@@ -357,6 +357,38 @@ def test_workers_whose_memory_grows_are_replaced_between_candidates(tmp_path):
     assert executor._pool.replaced_for_memory > 0
 
 
+class _Remembers:
+    """Reports which candidate its process ran before this trial (what a model cache would hold)."""
+
+    last: str | None = None
+
+    def __call__(self, spec):
+        before, type(self).last = type(self).last, spec.candidate.id
+        return {"metrics": {"val_accuracy": 0.5}, "before": before}
+
+
+def test_a_free_worker_takes_the_candidate_it_ran_last_first():
+    from effscale.grid.workers import WorkerPool
+
+    a, b, c = Candidate(1.0, 1.0, 1.4), Candidate(1.0, 1.4, 1.0), Candidate(2.0, 1.0, 1.0)
+    pool, trainer, done = WorkerPool(workers=2), _Remembers(), {}
+
+    def finish(spec, result, error, seconds):
+        assert error is None, error
+        done[spec.trial_id] = result["before"]
+
+    try:
+        pool.run([TrialSpec(a, "grid", 0, 0, 1), TrialSpec(b, "grid", 0, 0, 1)], trainer, lambda s: None, finish)
+        # the next rung lists a new candidate first; in the order given, the worker that ran a
+        # would take c, and a would land on a worker without its model
+        later = [TrialSpec(c, "grid", 0, 1, 3), TrialSpec(a, "grid", 0, 1, 3), TrialSpec(b, "grid", 0, 1, 3)]
+        pool.run(later, trainer, lambda s: None, finish)
+    finally:
+        pool.close()
+    assert done[later[1].trial_id] == a.id and done[later[2].trial_id] == b.id
+    assert pool.started == 2
+
+
 def test_a_worker_that_is_large_from_its_first_trial_but_does_not_grow_is_kept(tmp_path):
     # A big proxy dataset (Imagenette's 160 px images) makes every worker large after its
     # first trial; replacing it for that would restart it before every candidate.

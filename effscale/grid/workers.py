@@ -10,7 +10,9 @@ memory has grown by more than ``rss_growth_mb`` since its first trial.
 
 Every trial of one candidate in a batch (its seeds) goes to the same worker, one after
 another, so the trainer's per-process model cache lets the repeats skip the graph trace.
-A worker is replaced only between candidates.
+A free worker also takes the candidate it ran last before any other (a promotion to the
+next rung, the last rung's next seed), for the same reason. A worker is replaced only
+between candidates.
 
 The driver (the search loop) still appends every status change to the trial log itself,
 one trial at a time, so a kill -9 loses only the trials in flight. A worker that dies
@@ -126,6 +128,7 @@ class _Worker:
         self.ran = 0
         self.first_rss: float | None = None  # resident MB after its first trial: the baseline of growth
         self.queue: list[TrialSpec] = []  # the rest of its candidate's trials
+        self.last: str | None = None  # the candidate of its last trial: its trainer's cached model
         self.spec: TrialSpec | None = None  # the trial in flight
         self.began = 0.0
 
@@ -176,6 +179,15 @@ def group_by_candidate(specs: list[TrialSpec]) -> list[list[TrialSpec]]:
     return groups
 
 
+def _affine(groups: list[list[TrialSpec]], last: str | None) -> int:
+    """Index of the first group of the candidate a worker ran last (its model is still
+    compiled there, so its trial pays no trace), else 0: the order given."""
+    for index, group in enumerate(groups):
+        if group[0].candidate.id == last:
+            return index
+    return 0
+
+
 class WorkerPool:
     """``workers`` processes running trials; the caller's ``start``/``finish`` log them."""
 
@@ -213,7 +225,7 @@ class WorkerPool:
                         continue
                     if worker is None or not worker.alive() or self._spent(worker):
                         worker = self._fresh(slot, run_trial)
-                    worker.queue = groups.pop(0)
+                    worker.queue = groups.pop(_affine(groups, worker.last))
                 busy = [w for w in self.slots if w is not None and (w.spec is not None or w.queue)]
                 if not busy:
                     return
@@ -256,6 +268,7 @@ class WorkerPool:
             return
         spec, worker.spec = worker.spec, None
         worker.ran += 1
+        worker.last = spec.candidate.id
         if worker.first_rss is None:
             worker.first_rss = worker.rss_mb()
         if kind == "ok":
