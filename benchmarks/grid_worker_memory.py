@@ -9,6 +9,10 @@ loading the proxy data, and after each trial; then after ``gc.collect()`` and gl
 ``malloc_trim(0)``, which shows how much of it is freed heap that the allocator kept
 (little: the rest is held by live objects: the compiled model kept for the row's next seed,
 traced graphs, the data).
+
+``--phases`` also prints each phase's own peak (the kernel's high-water mark, reset before
+the phase through ``/proc/self/clear_refs``): model preparation, the training epochs, the
+BatchNorm recalibration and the prediction, with the resident memory before and after it.
 """
 
 from __future__ import annotations
@@ -30,10 +34,36 @@ def rss_mb() -> float:
     return process_rss_mb(os.getpid()) or 0.0
 
 
+def vm_hwm_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+
+
+def watch_phases(proxy) -> None:
+    """Wrap the proxy trial's phase functions to print each one's peak resident memory."""
+    def wrap(name, label):
+        inner = getattr(proxy, name)
+
+        def timed(*args, **kwargs):
+            before = rss_mb()
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+                refs.write("5")  # resets VmHWM to the current RSS
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                print(f"  {label:<8} peak {vm_hwm_mb():6.0f} MB  (before {before:5.0f}, after {rss_mb():5.0f})")
+        setattr(proxy, name, timed)
+
+    for name, label in (("_prepare_model", "prepare"), ("_train_epoch", "epoch"),
+                        ("recalibrate_batchnorm", "bn_recal"), ("_predict", "predict")):
+        wrap(name, label)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--row", action="append", help="alpha,beta,gamma (repeatable)")
+    parser.add_argument("--phases", action="store_true", help="print each phase's peak resident memory")
     args = parser.parse_args()
     rows = [tuple(float(v) for v in r.split(",")) for r in (args.row or ["1,1,1.4142", "1,1.4142,1"])]
 
@@ -50,6 +80,10 @@ def main() -> int:
 
     trainer = ProxyTrainer.load(GridConfig(dataset=args.dataset))
     print(f"proxy data loaded: {rss_mb():.0f} MB")
+    if args.phases:
+        from effscale.grid import proxy
+
+        watch_phases(proxy)
     libc = ctypes.CDLL("libc.so.6")
     for alpha, beta, gamma in rows:
         candidate = Candidate(alpha, beta, gamma)
