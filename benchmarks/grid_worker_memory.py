@@ -25,6 +25,11 @@ import resource
 
 for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
     os.environ.setdefault(name, "1")
+# and oneDNN as a one-thread worker has it (off on x86-64 unless the user set it)
+from effscale.backend import onednn_setting  # noqa: E402
+
+if onednn_setting(1) is not None:
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = onednn_setting(1)
 
 
 def rss_mb() -> float:
