@@ -465,13 +465,14 @@ def test_the_grid_report_shows_the_non_training_share(store):
 
 
 class _ReportsOneDnn:
-    """A trainer that returns the worker's oneDNN setting and TensorFlow thread count."""
+    """A trainer that returns the worker's oneDNN setting, TensorFlow thread count and malloc arenas."""
 
     def __call__(self, spec):
-        return {"onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "threads": os.environ.get("TF_NUM_INTRAOP_THREADS")}
+        return {"onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "threads": os.environ.get("TF_NUM_INTRAOP_THREADS"),
+                "arenas": os.environ.get("MALLOC_ARENA_MAX")}
 
 
-def _worker_environment(user_setting: str | None) -> dict:
+def _worker_environment(user_setting: str | None, arenas: str | None = None) -> dict:
     import subprocess
     import sys
     from pathlib import Path
@@ -488,9 +489,11 @@ def _worker_environment(user_setting: str | None) -> dict:
         "print(json.dumps(w.conn.recv()[1]))\n"
         "w.spec = None\n"
         "w.stop()\n")
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "MALLOC_ARENA_MAX")}
     if user_setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = user_setting
+    if arenas is not None:
+        env["MALLOC_ARENA_MAX"] = arenas
     done = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, check=True, env=env,
                           cwd=Path(__file__).parent)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -498,5 +501,10 @@ def _worker_environment(user_setting: str | None) -> dict:
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN defaults are x86-64 only")
 def test_one_thread_workers_run_without_onednn_unless_the_user_asks_for_it():
-    assert _worker_environment(None) == {"onednn": "0", "threads": "1"}  # the driver itself was set to "1"
-    assert _worker_environment("1") == {"onednn": "1", "threads": "1"}
+    assert _worker_environment(None) == {"onednn": "0", "threads": "1", "arenas": "1"}  # the driver's is "1"
+    assert _worker_environment("1") == {"onednn": "1", "threads": "1", "arenas": "1"}
+
+
+def test_workers_run_with_one_malloc_arena_unless_the_user_set_it():
+    assert _worker_environment(None)["arenas"] == "1"
+    assert _worker_environment(None, arenas="4")["arenas"] == "4"
