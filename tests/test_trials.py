@@ -389,6 +389,16 @@ def test_a_free_worker_takes_the_candidate_it_ran_last_first():
     assert pool.started == 2
 
 
+def test_a_free_worker_never_starts_a_later_seed_before_every_row_has_the_earlier_one():
+    from effscale.grid.workers import _affine
+
+    a, b, c = (Candidate(1.0, 1.0, 1.4), Candidate(1.0, 1.4, 1.0), Candidate(2.0, 1.0, 1.0))
+    # seed by seed, a's and b's seed 0 in flight: the worker that ran a takes c's seed 0 first
+    groups = [[TrialSpec(c, "grid", 0, 2, 9)], [TrialSpec(a, "grid", 1, 2, 9)], [TrialSpec(b, "grid", 1, 2, 9)]]
+    assert _affine(groups, a.id) == 0
+    assert _affine(groups[1:], a.id) == 0 and _affine(groups[1:], b.id) == 1  # then its own seed 1
+
+
 def test_a_worker_that_is_large_from_its_first_trial_but_does_not_grow_is_kept(tmp_path):
     # A big proxy dataset (Imagenette's 160 px images) makes every worker large after its
     # first trial; replacing it for that would restart it before every candidate.

@@ -50,9 +50,9 @@ TRIALS_PER_WORKER = 8  # a fresh process every few trials bounds what TF's trace
 # candidate. EFFSCALE_WORKER_GROWTH_MB overrides it (a bigger machine can keep workers longer).
 WORKER_GROWTH_MB = 500
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
-# One glibc malloc arena per worker (unless the user set it): TensorFlow's eager BatchNorm
-# recalibration allocates from other threads than the training step, and with one arena per
-# thread it could not reuse the step's freed memory. Measured on the default proxy
+# One glibc malloc arena per worker (unless the user set it). With glibc's arena per thread,
+# TensorFlow's eager BatchNorm recalibration (other threads than the training step, it seems)
+# did not reuse the memory the step had freed. Measured on the default proxy
 # (benchmarks/grid_worker_memory.py --phases): a trial's peak 1.42-1.44 GB instead of
 # 1.75-1.78 GB, with the same epoch times.
 MALLOC_ARENAS = "1"
@@ -87,12 +87,12 @@ def serve(fd: int) -> None:
             return
         began = time.perf_counter()
         try:
-            result = run_trial(TrialSpec.from_dict(message))
+            reply = ("ok", run_trial(TrialSpec.from_dict(message)), None)
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which records FAILED
-            conn.send(("error", type(exc).__name__, " ".join(str(exc).split()), time.perf_counter() - began))
-        else:
-            conn.send(("ok", result, None, time.perf_counter() - began))
+            reply = ("error", type(exc).__name__, " ".join(str(exc).split()))
+        # before the reply: the driver reads this process's memory when it arrives
         _release_free_heap()
+        conn.send((*reply, time.perf_counter() - began))
 
 
 def _release_free_heap() -> None:
@@ -199,9 +199,14 @@ def group_by_candidate(specs: list[TrialSpec]) -> list[list[TrialSpec]]:
 
 def _affine(groups: list[list[TrialSpec]], last: str | None) -> int:
     """Index of the first group of the candidate a worker ran last (its model is still
-    compiled there, so its trial pays no trace), else 0: the order given."""
+    compiled there, so its trial pays no trace), else 0: the order given.
+
+    Never a later seed than the next group's: a seed-by-seed batch (the last rung, the
+    scale-up check) starts every row's seed k before any row's seed k+1, so a run stopped
+    early has compared every row on the same seeds.
+    """
     for index, group in enumerate(groups):
-        if group[0].candidate.id == last:
+        if group[0].candidate.id == last and group[0].seed <= groups[0][0].seed:
             return index
     return 0
 
