@@ -20,7 +20,6 @@ and its seconds. Run it with ``MALLOC_ARENA_MAX=1`` to see what one malloc arena
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import os
 import resource
@@ -88,6 +87,7 @@ def main() -> int:
     from effscale.grid.config import GridConfig
     from effscale.grid.proxy import ProxyTrainer
     from effscale.grid.search import Candidate, TrialSpec
+    from effscale.grid.workers import release_free_heap
 
     trainer = ProxyTrainer.load(GridConfig(dataset=args.dataset))
     print(f"proxy data loaded: {rss_mb():.0f} MB")
@@ -95,7 +95,6 @@ def main() -> int:
         from effscale.grid import proxy
 
         watch_phases(proxy)
-    libc = ctypes.CDLL("libc.so.6")
     for alpha, beta, gamma in rows:
         candidate = Candidate(alpha, beta, gamma)
         trainer(TrialSpec(candidate, "grid", 0, 0, 1))
@@ -103,7 +102,7 @@ def main() -> int:
         after = rss_mb()
         gc.collect()
         collected = rss_mb()
-        libc.malloc_trim(0)
+        release_free_heap()  # what a worker does after each trial
         print(f"after {candidate.id} (1 epoch): {after:.0f} MB (peak so far {peak:.0f} MB); "
               f"after gc {collected:.0f} MB; after malloc_trim {rss_mb():.0f} MB")
     return 0

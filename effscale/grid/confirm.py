@@ -49,12 +49,17 @@ def confirm_rows(space: SearchSpace, chosen: str) -> list[dict]:
     return rows
 
 
+def row_role(row: dict) -> str:
+    """A row's own role: the reference role of a chosen row that is also one ("chosen, width-only")."""
+    return row["role"].split(", ")[-1]
+
+
 def compound_rows(rows: list[dict]) -> list[dict]:
     """The chosen and paper rows that scale two or more axes: the compound side of the
     compound-against-single-axis comparison. A chosen grid point with alpha = beta = 1
     (a1.00-b1.00-g1.40, which won both Imagenette searches) is resolution-only in all but
     rounding, and comparing it with resolution-only is not the paper's question."""
-    return [x for x in rows if x["role"].split(", ")[-1] in ("chosen", "paper")
+    return [x for x in rows if row_role(x) in ("chosen", "paper")
             and sum(abs(x[axis] - 1.0) > 1e-9 for axis in ("alpha", "beta", "gamma")) >= 2]
 
 
@@ -68,7 +73,7 @@ def confirm_space(space: SearchSpace, rows: list[dict]) -> SearchSpace:
     """
     config = space.config.replace(schedule="full", confirm_phi=None)
     entries = [Entry(Candidate(r["alpha"] ** r["phi"], r["beta"] ** r["phi"], r["gamma"] ** r["phi"]),
-                     r["role"].split(", ")[-1], in_grid=False) for r in rows]
+                     row_role(r), in_grid=False) for r in rows]
     return SearchSpace(config, entries, seed_major=True)
 
 
@@ -127,7 +132,7 @@ def summarize(run: RunDir, space: SearchSpace, phi1_rows: list[dict] | None = No
                                                        "tied", "seeds")}
                         | {"macs_ratio": cost.get("macs_ratio"), "resolution": cost.get("resolution"),
                            "phi1_rank": order1.index(x["phi1_id"]) + 1 if x["phi1_id"] in order1 else None})
-    by_role = {x["role"].split(", ")[-1]: x["id"] for x in rows}
+    by_role = {row_role(x): x["id"] for x in rows}
     compound = [x["id"] for x in compound_rows(rows) if x["id"] in results]
     singles = [by_role[r] for r in SINGLE_AXIS if by_role.get(r) in results]
     versus = None

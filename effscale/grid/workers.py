@@ -91,11 +91,11 @@ def serve(fd: int) -> None:
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which records FAILED
             reply = ("error", type(exc).__name__, " ".join(str(exc).split()))
         # before the reply: the driver reads this process's memory when it arrives
-        _release_free_heap()
+        release_free_heap()
         conn.send((*reply, time.perf_counter() - began))
 
 
-def _release_free_heap() -> None:
+def release_free_heap() -> None:
     """Give the heap a trial freed back to the system (glibc keeps it otherwise): 0.2 GB a
     trial on the default proxy, resident memory the other worker can use while this one waits."""
     try:
