@@ -26,9 +26,11 @@ def batchnorm_layers(model) -> list:
 
 
 # Values of the largest BatchNorm input per eager call. An eager call of B0 costs about a
-# second of dispatch whatever its batch, so small inputs are pooled; but a training-mode call
-# holds about 100 bytes per value at its peak (the 68 px proxy, 512 images in one call: +3 GB
-# and no faster than 8 of 64), so at most 4 M (about 0.4 GB): 75 images there, 170 for B0 at 32 px.
+# second of dispatch whatever its batch, so small inputs are pooled; but Keras's own eager
+# call held about 100 bytes per value at its peak (the 68 px proxy, 512 images in one call:
+# +3 GB and no faster than 8 of 64), so at most 4 M: 75 images there, 170 for B0 at 32 px.
+# The calls now go through lean_call, which holds far less; the bound stays because the
+# chunk size is part of the result (the variance is averaged over chunks).
 RECALIBRATION_CHUNK_ELEMENTS = 4 * 2**20
 
 
@@ -43,6 +45,8 @@ def recalibrate_batchnorm(model, images: np.ndarray, batches: int, batch_size: i
     would freeze the momentum), forward only. Returns the number of batches' worth of
     images used.
     """
+    from effscale.net.lean_forward import lean_call
+
     bns = batchnorm_layers(model)
     if not bns or batches <= 0 or len(images) == 0:
         return 0
@@ -54,7 +58,7 @@ def recalibrate_batchnorm(model, images: np.ndarray, batches: int, batch_size: i
         for idx in chunks:
             for bn in bns:
                 bn.momentum = seen / (seen + len(idx))
-            model(images[idx].astype("float32"), training=True)
+            lean_call(model, images[idx].astype("float32"), training=True)
             seen += len(idx)
     finally:
         for bn, momentum in zip(bns, saved):
