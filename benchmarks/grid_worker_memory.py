@@ -97,14 +97,14 @@ def main() -> int:
         watch_phases(proxy)
     for alpha, beta, gamma in rows:
         candidate = Candidate(alpha, beta, gamma)
-        trainer(TrialSpec(candidate, "grid", 0, 0, 1))
+        result = trainer(TrialSpec(candidate, "grid", 0, 0, 1))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         after = rss_mb()
         gc.collect()
         collected = rss_mb()
         release_free_heap()  # what a worker does after each trial
-        print(f"after {candidate.id} (1 epoch): {after:.0f} MB (peak so far {peak:.0f} MB); "
-              f"after gc {collected:.0f} MB; after malloc_trim {rss_mb():.0f} MB")
+        print(f"after {candidate.id} (1 epoch, val acc {result['metrics']['val_accuracy']:.4f}): {after:.0f} MB "
+              f"(peak so far {peak:.0f} MB); after gc {collected:.0f} MB; after malloc_trim {rss_mb():.0f} MB")
     return 0
 
 
