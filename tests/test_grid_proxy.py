@@ -129,3 +129,33 @@ def test_ray_executor_gives_the_same_trial_set(tmp_path):
 
     assert summary(remote) == summary(local)
     assert len(summary(local)) == space.planned_trials()
+
+
+class _Environment:
+    """A run_trial that reports the malloc settings of the process it ran in."""
+
+    def __call__(self, spec):
+        import os
+
+        return {"metrics": {"val_accuracy": 0.5}, "arenas": os.environ.get("MALLOC_ARENA_MAX")}
+
+
+def test_ray_tasks_run_with_one_malloc_arena_like_the_local_workers(monkeypatch):
+    require("ray")
+    import ray
+
+    from effscale.grid.executors import RayExecutor
+
+    import sys
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+    spec = TrialSpec(PAPER, "paper", 0, 0, 1)
+    results = []
+    try:
+        RayExecutor(num_cpus=1, local_cpus=2).run(
+            [spec], _Environment(), lambda s: None, lambda s, result, error, seconds: results.append((result, error)))
+    finally:
+        ray.shutdown()
+    (result, error), = results
+    assert error is None and result["arenas"] == "1"

@@ -24,6 +24,7 @@ No Keras here.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,10 +93,22 @@ def import_ray():
 
 
 def _ray_trial(run_trial: RunTrial, spec: dict) -> dict:
-    """What a Ray worker runs: one trial, timed on the worker."""
+    """What a Ray worker runs: one trial, timed on the worker, then the freed heap handed back
+    (as the local workers do, see ``effscale.grid.workers.release_free_heap``)."""
+    from effscale.grid.workers import release_free_heap
+
     began = time.perf_counter()
     result = run_trial(TrialSpec.from_dict(spec))
+    release_free_heap()
     return dict(result, worker_seconds=time.perf_counter() - began)
+
+
+def ray_worker_environment() -> dict[str, str]:
+    """What a Ray task's process gets in its environment: one malloc arena, as the local
+    workers have it, unless this process's environment says otherwise."""
+    from effscale.grid.workers import MALLOC_ARENAS
+
+    return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", MALLOC_ARENAS)}
 
 
 class RayExecutor:
@@ -122,7 +135,8 @@ class RayExecutor:
         # max_calls: a fresh worker process every few trials bounds the memory TensorFlow keeps
         # for traced graphs (see docs/grid.md, Limitations).
         self._remote = self.ray.remote(max_calls=RAY_TRIALS_PER_WORKER)(_ray_trial).options(
-            num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)
+            num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0,
+            runtime_env={"env_vars": ray_worker_environment()})
 
     def capacity(self) -> int:
         resources = self.ray.cluster_resources()

@@ -48,7 +48,10 @@ TRIALS_PER_WORKER = 8  # a fresh process every few trials bounds what TF's trace
 # dataset: 2 GB for Imagenette's 160 px images against under 1 GB for CIFAR's 32 px ones)
 # stays for its life, and an absolute limit below it replaced the worker after every
 # candidate. EFFSCALE_WORKER_GROWTH_MB overrides it (a bigger machine can keep workers longer).
-WORKER_GROWTH_MB = 500
+# 250, not 500: a trial adds 0.4-0.6 GB on top of what its worker holds, and with 500 the
+# default search's two workers and driver peaked at 4.1 GB (10-s samples), with 250 at 3.6 GB,
+# in the same wall time and with the same results (docs/performance.md, 2026-12-05).
+WORKER_GROWTH_MB = 250
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 # One glibc malloc arena per worker (unless the user set it). With glibc's arena per thread,
 # TensorFlow's eager BatchNorm recalibration (other threads than the training step, it seems)
