@@ -142,11 +142,11 @@ class _Environment:
 
 def test_ray_tasks_run_with_one_malloc_arena_like_the_local_workers(monkeypatch):
     require("ray")
+    import sys
+
     import ray
 
     from effscale.grid.executors import RayExecutor
-
-    import sys
 
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
