@@ -22,8 +22,9 @@ this process, in worker processes or on Ray. Each call runs ``run_proxy_trial``:
    trial seed and e; the last partial batch is dropped, which also keeps one batch shape
    and so one trace). A rung-0 trial therefore ends at a learning rate still near its
    peak, which the BatchNorm recalibration below makes harmless to score;
-4. Adam, no augmentation (the proxy underfits; augmentation only slows it down), batch by
-   batch with ``train_on_batch`` in this thread (see ``_train_epoch`` for why not ``fit``);
+4. Adam (Keras's to the bit, with a cheaper trace: ``effscale.net.optimizers``), no
+   augmentation (the proxy underfits; augmentation only slows it down), batch by batch
+   with ``train_on_batch`` in this thread (see ``_train_epoch`` for why not ``fit``);
 5. **BatchNorm**: Keras's momentum 0.99 makes the moving statistics an average over the
    last ~100 steps of a network that changed a lot during them, and a 1-epoch proxy trial
    has about 60 steps: the moving statistics are still close to their initial values and
@@ -55,6 +56,7 @@ from effscale.grid import checkpoints
 from effscale.grid.config import GridConfig
 from effscale.grid.search import TrialSpec, proxy_network, trial_id
 from effscale.net.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from effscale.net.optimizers import shared_scalars_adam
 from effscale.net.training_state import create_training_variables
 
 from effscale.backend import backend_name, set_defaults  # noqa: E402
@@ -188,7 +190,8 @@ def _compile(model, config: GridConfig, steps_per_epoch: int) -> None:
     # rung then follows exactly the learning rates one longer run would have had.
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, steps_per_epoch * config.max_epochs, alpha=0.01)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="categorical_crossentropy", metrics=["accuracy"])
+    # Keras's Adam, to the bit, with the step's scalars traced once instead of per variable
+    model.compile(optimizer=shared_scalars_adam(schedule), loss="categorical_crossentropy", metrics=["accuracy"])
     create_training_variables(model)  # else the first step is traced twice
 
 

@@ -1,0 +1,86 @@
+"""How much of a proxy trial's first step (its graph trace) is Keras's per-variable Adam scalars?
+
+    python benchmarks/trace_optimizer.py --dataset ../shared/data/cifar10-jpeg.tar.gz [--pairs 2] [--row 1.2,1.1,1.15]
+
+Keras 3's ``Adam.update_step`` rebuilds the learning rate, step count, beta powers and
+bias correction for every variable; ``effscale.net.optimizers.SharedScalarsAdam`` builds
+them once per step and otherwise does Keras's arithmetic. Each measurement is one whole
+rung-0 trial of one grid row, seed 0, in a fresh process with one TensorFlow thread and
+oneDNN off, as a local grid worker runs it:
+
+- ``keras``: ``keras.optimizers.Adam`` (effscale until 2026-12-05);
+- ``shared``: ``SharedScalarsAdam`` (now).
+
+The two alternate, ``--pairs`` times. Prints each trial's phases, whether both scored the
+same predictions (they must: the updates are equal to the bit), and the ratios shared/keras
+of the first step and of the whole trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import hashlib, json, sys
+from effscale.grid import proxy
+from effscale.grid.config import GridConfig
+from effscale.grid.search import Candidate, TrialSpec
+if sys.argv[1] == "keras":
+    import keras
+    proxy.shared_scalars_adam = lambda rate: keras.optimizers.Adam(rate)
+trainer = proxy.ProxyTrainer.load(GridConfig(dataset=sys.argv[2]))
+spec = TrialSpec(Candidate(*(float(v) for v in sys.argv[3].split(","))), "grid", 0, 0, 1)
+out = trainer(spec)
+digest = hashlib.sha256(out["predictions"].tobytes()).hexdigest()[:12]
+print("RESULT", json.dumps({"timings": out["timings"], "val_accuracy": out["metrics"]["val_accuracy"],
+                            "predictions": digest}))
+"""
+
+
+def trial(mode: str, dataset: str, row: str) -> dict:
+    env = os.environ | {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1",
+                        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "1"),
+                        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0")}
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, dataset, row], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--row", default="1.2,1.1,1.15", help="alpha,beta,gamma")
+    parser.add_argument("--pairs", type=int, default=2)
+    args = parser.parse_args()
+
+    ratios: dict[str, list[float]] = {"first_step": [], "total": []}
+    same = True
+    print(f"row {args.row}, one rung-0 trial of seed 0 per fresh process, one thread")
+    for pair in range(args.pairs):
+        runs = {}
+        for mode in ("keras", "shared"):
+            runs[mode] = r = trial(mode, args.dataset, args.row)
+            t = r["timings"]
+            print(f"  pair {pair + 1}, {mode:6s}: compile {t['compile']:.1f} s, first step {t['first_step']:.1f} s, "
+                  f"train {t['train']:.1f} s, total {t['total']:.1f} s; val acc {r['val_accuracy']:.4f}, "
+                  f"predictions {r['predictions']}")
+        same &= runs["keras"]["predictions"] == runs["shared"]["predictions"]
+        for phase in ratios:
+            ratios[phase].append(runs["shared"]["timings"][phase] / runs["keras"]["timings"][phase])
+    print(f"same predictions in every pair: {'yes' if same else 'NO'}")
+    for phase, values in ratios.items():
+        print(f"{phase} shared/keras: median {statistics.median(values):.2f}x "
+              f"(pairs {', '.join(f'{v:.2f}' for v in values)})")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
