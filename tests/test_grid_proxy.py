@@ -137,10 +137,12 @@ class _Environment:
     def __call__(self, spec):
         import os
 
-        return {"metrics": {"val_accuracy": 0.5}, "arenas": os.environ.get("MALLOC_ARENA_MAX")}
+        from effscale.grid.workers import MALLOC_SETTINGS
+
+        return {"metrics": {"val_accuracy": 0.5}, "malloc": {k: os.environ.get(k) for k in MALLOC_SETTINGS}}
 
 
-def test_ray_tasks_run_with_one_malloc_arena_like_the_local_workers(monkeypatch):
+def test_ray_tasks_run_with_the_local_workers_malloc_settings(monkeypatch):
     require("ray")
     import sys
 
@@ -148,7 +150,10 @@ def test_ray_tasks_run_with_one_malloc_arena_like_the_local_workers(monkeypatch)
 
     from effscale.grid.executors import RayExecutor
 
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    from effscale.grid.workers import MALLOC_SETTINGS
+
+    for name in MALLOC_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
     spec = TrialSpec(PAPER, "paper", 0, 0, 1)
     results = []
@@ -158,4 +163,4 @@ def test_ray_tasks_run_with_one_malloc_arena_like_the_local_workers(monkeypatch)
     finally:
         ray.shutdown()
     (result, error), = results
-    assert error is None and result["arenas"] == "1"
+    assert error is None and result["malloc"] == MALLOC_SETTINGS  # one arena, no per-step mmap

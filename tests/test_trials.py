@@ -13,6 +13,7 @@ from effscale.errors import TrialFailed
 from effscale.grid.executors import run_search
 from effscale.grid.config import preset
 from effscale.grid.search import Candidate, SearchSpace, TrialSpec
+from effscale.grid.workers import MALLOC_SETTINGS
 from effscale.runs import RunDir
 from effscale.grid.trials import TrialRecord, TrialStatus, TrialStore, fake_trial
 
@@ -475,14 +476,39 @@ def test_the_grid_report_shows_the_non_training_share(store):
 
 
 class _ReportsOneDnn:
-    """A trainer that returns the worker's oneDNN setting, TensorFlow thread count and malloc arenas."""
+    """A trainer that returns the worker's oneDNN setting, TensorFlow thread count, malloc arenas
+    and how many pages a freed-and-reallocated 64 MB block faults in again."""
 
     def __call__(self, spec):
         return {"onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "threads": os.environ.get("TF_NUM_INTRAOP_THREADS"),
-                "arenas": os.environ.get("MALLOC_ARENA_MAX")}
+                "arenas": os.environ.get("MALLOC_ARENA_MAX"), "refaults": _refaulted_pages(64 << 20)}
 
 
-def _worker_environment(user_setting: str | None, arenas: str | None = None) -> dict:
+def _refaulted_pages(size: int) -> int | None:
+    """Minor page faults of writing a ``size``-byte malloc block, after one of the same size was
+    written and freed: what one training step pays for a tensor of that size. None without glibc."""
+    import ctypes
+    import resource
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def write_and_free() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = libc.malloc(size)
+        ctypes.memset(block, 1, size)
+        libc.free(block)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    write_and_free()
+    return write_and_free()
+
+
+def _worker_environment(user_setting: str | None, arenas: str | None = None, mmap_threshold: str | None = None) -> dict:
     import subprocess
     import sys
     from pathlib import Path
@@ -499,11 +525,13 @@ def _worker_environment(user_setting: str | None, arenas: str | None = None) -> 
         "print(json.dumps(w.conn.recv()[1]))\n"
         "w.spec = None\n"
         "w.stop()\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "MALLOC_ARENA_MAX")}
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", *MALLOC_SETTINGS)}
     if user_setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = user_setting
     if arenas is not None:
         env["MALLOC_ARENA_MAX"] = arenas
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = mmap_threshold
     done = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, check=True, env=env,
                           cwd=Path(__file__).parent)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -511,10 +539,21 @@ def _worker_environment(user_setting: str | None, arenas: str | None = None) -> 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN defaults are x86-64 only")
 def test_one_thread_workers_run_without_onednn_unless_the_user_asks_for_it():
-    assert _worker_environment(None) == {"onednn": "0", "threads": "1", "arenas": "1"}  # the driver's is "1"
-    assert _worker_environment("1") == {"onednn": "1", "threads": "1", "arenas": "1"}
+    settings = ("onednn", "threads")
+    assert {k: _worker_environment(None)[k] for k in settings} == {"onednn": "0", "threads": "1"}  # the driver's is "1"
+    assert {k: _worker_environment("1")[k] for k in settings} == {"onednn": "1", "threads": "1"}
 
 
 def test_workers_run_with_one_malloc_arena_unless_the_user_set_it():
     assert _worker_environment(None)["arenas"] == "1"
     assert _worker_environment(None, arenas="4")["arenas"] == "4"
+
+
+def test_workers_reuse_freed_tensor_memory_instead_of_faulting_it_in_again():
+    ours = _worker_environment(None)["refaults"]
+    if ours is None:
+        pytest.skip("glibc's malloc settings")
+    # 64 MB, past glibc's largest dynamic mmap threshold (32 MB): unmapped when freed, so all
+    # 16,384 of its pages fault in again on reuse, unless the worker keeps it in the heap
+    assert ours < 1000
+    assert _worker_environment(None, mmap_threshold=str(128 << 10))["refaults"] > 10_000  # a user's own setting wins

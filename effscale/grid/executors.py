@@ -104,11 +104,11 @@ def _ray_trial(run_trial: RunTrial, spec: dict) -> dict:
 
 
 def ray_worker_environment() -> dict[str, str]:
-    """What a Ray task's process gets in its environment: one malloc arena, as the local
-    workers have it, unless this process's environment says otherwise."""
-    from effscale.grid.workers import MALLOC_ARENAS
+    """What a Ray task's process gets in its environment: the local workers' malloc settings
+    (one arena, no per-step mmap), each unless this process's environment says otherwise."""
+    from effscale.grid.workers import malloc_environment
 
-    return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", MALLOC_ARENAS)}
+    return malloc_environment()
 
 
 class RayExecutor:

@@ -53,12 +53,24 @@ TRIALS_PER_WORKER = 8  # a fresh process every few trials bounds what TF's trace
 # in the same wall time and with the same results (docs/performance.md, 2026-12-05).
 WORKER_GROWTH_MB = 250
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
-# One glibc malloc arena per worker (unless the user set it). With glibc's arena per thread,
-# TensorFlow's eager BatchNorm recalibration (other threads than the training step, it seems)
-# did not reuse the memory the step had freed. Measured on the default proxy
-# (benchmarks/grid_worker_memory.py --phases): a trial's peak 1.42-1.44 GB instead of
-# 1.75-1.78 GB, with the same epoch times.
-MALLOC_ARENAS = "1"
+# glibc malloc settings of a worker, each unless the user set it:
+# - one arena. With glibc's arena per thread, TensorFlow's eager BatchNorm recalibration
+#   (other threads than the training step, it seems) did not reuse the memory the step had
+#   freed: a default proxy trial peaked at 1.42-1.44 GB instead of 1.75-1.78 GB, with the
+#   same epoch times (benchmarks/grid_worker_memory.py --phases).
+# - no mmap for tensors under 1 GiB, and no trimming inside a trial. glibc otherwise maps each
+#   tensor over its (dynamic, at most 32 MB) threshold afresh and unmaps it when freed, so
+#   every training step faulted in its activations again: 4-5.6 million minor page faults
+#   against 1.0 million over three one-epoch trials, epochs 0.88-0.95x as long, the same
+#   peaks (docs/performance.md). The worker still hands its free heap back after each trial.
+MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+                   "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+
+
+def malloc_environment(environ=None) -> dict[str, str]:
+    """``MALLOC_SETTINGS``, with any of them already set in ``environ`` (default: this process's) kept."""
+    environ = os.environ if environ is None else environ
+    return {name: environ.get(name, value) for name, value in MALLOC_SETTINGS.items()}
 
 
 def default_workers() -> int:
@@ -129,7 +141,7 @@ class _Worker:
     def __init__(self, trainer_bytes: bytes, threads: int):
         ours, theirs = socket.socketpair()
         env = dict(os.environ) | {name: str(threads) for name in THREAD_VARIABLES}
-        env.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENAS)
+        env.update(malloc_environment(env))
         onednn = onednn_setting(threads)
         if onednn is not None:
             env["TF_ENABLE_ONEDNN_OPTS"] = onednn
