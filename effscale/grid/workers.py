@@ -61,7 +61,7 @@ THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM
 # - no mmap for tensors under 1 GiB, and no trimming inside a trial. glibc otherwise maps each
 #   tensor over its (dynamic, at most 32 MB) threshold afresh and unmaps it when freed, so
 #   every training step faulted in its activations again: 4-5.6 million minor page faults
-#   against 1.0 million over three one-epoch trials, epochs 0.88-0.95x as long, the same
+#   against 1.0 million over three one-epoch trials, epochs 0.86-0.97x as long, the same
 #   peaks (docs/performance.md). The worker still hands its free heap back after each trial.
 MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
                    "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
