@@ -41,10 +41,12 @@ print("RESULT", json.dumps(trainer(spec)["timings"]))
 """
 
 
-def trial(mode: str, dataset: str, row: str) -> dict:
+def trial(mode: str, dataset: str, row: str, child: str = CHILD, env: dict | None = None) -> dict:
+    """Run ``child`` (which prints one ``RESULT <json>`` line) in a fresh process with one
+    TensorFlow thread and oneDNN off, as a local grid worker; ``env`` adds to its environment."""
     env = os.environ | {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1",
-                        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0")}
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, dataset, row], env=env, cwd=ROOT, check=True,
+                        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0")} | (env or {})
+    out = subprocess.run([sys.executable, "-c", child, mode, dataset, row], env=env, cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 

@@ -19,14 +19,10 @@ of the first step and of the whole trial.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import trace_once  # this directory is on sys.path when the script runs
 
 CHILD = """
 import hashlib, json, sys
@@ -46,12 +42,9 @@ print("RESULT", json.dumps({"timings": out["timings"], "val_accuracy": out["metr
 
 
 def trial(mode: str, dataset: str, row: str) -> dict:
-    env = os.environ | {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1",
-                        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "1"),
-                        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0")}
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, dataset, row], env=env, cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    # one malloc arena, as the workers had it when this was measured
+    return trace_once.trial(mode, dataset, row, child=CHILD,
+                            env={"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "1")})
 
 
 def main() -> int:
