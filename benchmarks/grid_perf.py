@@ -1,6 +1,13 @@
 """Performance of ``effscale grid``, all from ONE run of this script. Prints ratios.
 
     nice -n 10 python benchmarks/grid_perf.py --dataset ../shared/data/cifar10-jpeg.tar.gz
+    python benchmarks/grid_perf.py --dataset ../shared/data/cifar10-jpeg.tar.gz --trials default  # ~30 min
+
+``--trials reduced`` (the default) trains toy trials: 1,000 images at 32 px, a second or two
+of training against a graph trace of several seconds, so both schedules are mostly tracing.
+``--trials default`` runs the same 6 rows with the proxy task and schedule of ``effscale grid``'s
+defaults (4,000 images at 48 px, base width 0.5, 3 rungs, 3 seeds at the last rung): the
+trials a user's search runs, at a third of the default grid's rows.
 
 In one process, one after the other, under the same machine load:
 
@@ -42,6 +49,8 @@ from effscale.runs import RunDir
 BENCH = dict(step=0.25, tolerance=0.2, rungs=3, eta=3, epochs=1, seeds=2, early_seeds=1, limit_train=1000,
              limit_val=500, base_width=0.25, base_depth=0.5, resolution=32, batch_size=64,
              bn_recalibration_batches=4)
+# The default search's trials (GridConfig's defaults) on the same 6 rows.
+DEFAULT_TRIALS = dict(step=0.25, tolerance=0.2)
 
 
 class TreeRSS:
@@ -166,11 +175,16 @@ def describe_timing(name: str, run_dir: Path) -> float | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--limit-train", type=int, default=BENCH["limit_train"])
+    parser.add_argument("--trials", choices=("reduced", "default"), default="reduced",
+                        help="toy trials (minutes) or the default search's proxy task (about 30 min)")
+    parser.add_argument("--limit-train", type=int, help="training images (default: the --trials setting's)")
     parser.add_argument("--fake", action="store_true", help="the fake trainer: checks the bookkeeping in seconds")
     parser.add_argument("--keep", type=Path, help="keep the two run dirs here")
     args = parser.parse_args()
-    base = GridConfig(dataset=args.dataset, **(BENCH | {"limit_train": args.limit_train}))
+    settings = BENCH if args.trials == "reduced" else DEFAULT_TRIALS
+    if args.limit_train is not None:
+        settings = settings | {"limit_train": args.limit_train}
+    base = GridConfig(dataset=args.dataset, **settings)
     print(f"machine: {os.cpu_count()} cores, shared with other jobs; load average {os.getloadavg()[0]:.1f}")
     print(f"grid: {base.to_dict()}")
     dataset = None
