@@ -11,6 +11,9 @@ BatchNorm), same CIFAR-10 images, same batch size, same optimizer:
 * cached epoch: ``top.fit`` on the cached prefix activations (one view drawn per image),
   what ``effscale transfer --strategy top-blocks`` now does;
 * caching pass: the prefix once over every image and its flip (paid once per cache key).
+* ``--loop`` adds a third epoch: the same cached batches through ``top.train_on_batch`` in
+  this thread, without ``fit``'s tf.data generator, to see whether the data path is a
+  share of the cached epoch's time.
 
 The two epochs alternate ``--rounds`` times after one untimed warm-up each (tracing), so
 load from other processes on a shared CPU hits both alike; the ratio of each round is
@@ -49,6 +52,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loop", action="store_true", help="also time the cached epoch without fit's data path")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -103,8 +107,16 @@ def main(argv=None) -> dict:
             top.fit(CachedEpochs(store, data.y_train, data.num_classes, args.batch_size, 0, epoch[0], [0, 1]),
                     epochs=1, verbose=0, shuffle=False)
 
+        def cached_loop(epoch=[1000]):  # noqa: B006 - a counter, as in cached()
+            epoch[0] += 1
+            batches = CachedEpochs(store, data.y_train, data.num_classes, args.batch_size, 0, epoch[0], [0, 1])
+            for i in range(len(batches)):
+                top.train_on_batch(*batches[i])
+
         uncached()  # warm-up: tracing
         cached()
+        if args.loop:
+            cached_loop()
         rounds = []
         for _ in range(args.rounds):
             u = _timed(uncached)
@@ -112,6 +124,10 @@ def main(argv=None) -> dict:
             rounds.append({"uncached_s": round(u[0], 3), "cached_s": round(c[0], 3), "ratio": round(c[0] / u[0], 4),
                            "uncached_cpu_s": round(u[1], 3), "cached_cpu_s": round(c[1], 3),
                            "cpu_ratio": round(c[1] / u[1], 4)})
+            if args.loop:
+                loop = _timed(cached_loop)
+                rounds[-1] |= {"loop_s": round(loop[0], 3), "loop_cpu_s": round(loop[1], 3),
+                               "loop_over_fit": round(loop[0] / c[0], 4), "loop_over_fit_cpu": round(loop[1] / c[1], 4)}
     ratios = [r["ratio"] for r in rounds]
     cpu_ratios = [r["cpu_ratio"] for r in rounds]
     median_uncached = statistics.median(r["uncached_s"] for r in rounds)
@@ -132,6 +148,12 @@ def main(argv=None) -> dict:
           f"{args.rounds} rounds); CPU time {result['cpu_ratio_median']:.3f} "
           f"(range {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}); caching pass = "
           f"{result['caching_pass_in_uncached_epochs']:.2f} uncached epochs")
+    if args.loop:
+        loops = [r["loop_over_fit"] for r in rounds]
+        loops_cpu = [r["loop_over_fit_cpu"] for r in rounds]
+        print(f"cached epoch, train_on_batch loop / fit: {statistics.median(loops):.3f} (range {min(loops):.3f}-"
+              f"{max(loops):.3f}); CPU time {statistics.median(loops_cpu):.3f} "
+              f"(range {min(loops_cpu):.3f}-{max(loops_cpu):.3f})")
     return result
 
 
