@@ -1,4 +1,5 @@
-"""SharedScalarsAdam updates exactly as Keras's Adam does, with a smaller traced step (effscale/net/optimizers.py)."""
+"""SharedScalarsAdam and FlatStateAdam update exactly as Keras's Adam does, with a smaller traced step
+(effscale/net/optimizers.py)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,58 @@ def test_amsgrad_is_left_to_keras():
     _, theirs, _ = _train(keras.optimizers.Adam(0.01, amsgrad=True))
     for a, b in zip(ours, theirs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_flat_state_updates_equal_keras_adam_to_the_bit():
+    import keras
+
+    from effscale.net.optimizers import flat_state_adam
+
+    keras_adam = keras.optimizers.Adam(_schedule())
+    _, keras_weights, _ = _train(keras_adam)
+    flat = flat_state_adam(_schedule())
+    _, ours_weights, _ = _train(flat)
+    for ours, theirs in zip(ours_weights, keras_weights, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    if keras.backend.backend() != "tensorflow":
+        assert not hasattr(flat, "_flat_m")  # SharedScalarsAdam (JAX) or TorchAdam: per-weight state
+        return
+    # the flat vectors hold Keras's per-weight moments, weight after weight
+    for flat_slot, slots in ((flat._flat_m, keras_adam._momentums), (flat._flat_v, keras_adam._velocities)):
+        np.testing.assert_array_equal(np.asarray(flat_slot), np.concatenate([np.asarray(v).ravel() for v in slots]))
+    assert len(flat.variables) == 3  # the step counter and the two vectors
+    assert int(np.asarray(flat.iterations)) == int(np.asarray(keras_adam.iterations)) == 5
+
+
+def test_flat_state_refuses_a_step_that_leaves_a_weight_out():
+    import keras
+
+    from effscale.net.optimizers import flat_state_adam
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("flat state is used under TensorFlow only")
+    variables = [keras.Variable(np.ones((2, 2), np.float32)), keras.Variable(np.ones(3, np.float32))]
+    optimizer = flat_state_adam(0.01)
+    optimizer.build(variables)
+    optimizer.apply([np.ones((2, 2), np.float32), np.ones(3, np.float32)], variables)
+    assert not np.array_equal(np.asarray(variables[1]), np.ones(3))
+    with pytest.raises(ValueError, match="every weight"):
+        optimizer.apply([np.ones((2, 2), np.float32), None], variables)
+
+
+def test_flat_state_keeps_keras_state_for_amsgrad_and_mixed_dtypes():
+    import keras
+
+    from effscale.net.optimizers import flat_state_adam
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("flat state is used under TensorFlow only")
+    optimizer = flat_state_adam(0.01)
+    optimizer.amsgrad = True
+    _, ours, _ = _train(optimizer)
+    _, theirs, _ = _train(keras.optimizers.Adam(0.01, amsgrad=True))
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    mixed = flat_state_adam(0.01)
+    mixed.build([keras.Variable(np.ones(2, np.float32)), keras.Variable(np.ones(2, np.float16))])
+    assert not hasattr(mixed, "_flat_m") and len(mixed._momentums) == len(mixed._velocities) == 2
