@@ -148,3 +148,19 @@ def test_flat_state_keeps_keras_state_for_amsgrad_and_mixed_dtypes():
     mixed = flat_state_adam(0.01)
     mixed.build([keras.Variable(np.ones(2, np.float32)), keras.Variable(np.ones(2, np.float16))])
     assert not hasattr(mixed, "_flat_m") and len(mixed._momentums) == len(mixed._velocities) == 2
+
+
+def test_flat_state_of_a_single_weight_equals_keras_adam():
+    import keras
+
+    from effscale.net.optimizers import flat_state_adam
+
+    def steps(optimizer):
+        weight = keras.Variable(np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3))
+        optimizer.build([weight])
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            optimizer.apply([rng.normal(size=(2, 3)).astype(np.float32)], [weight])
+        return np.asarray(weight)
+
+    np.testing.assert_array_equal(steps(flat_state_adam(0.1)), steps(keras.optimizers.Adam(0.1)))
