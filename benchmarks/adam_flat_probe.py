@@ -1,17 +1,16 @@
-"""What would one flat Adam state (one m, one v for all weights) save over Keras's per-variable one?
+"""One flat Adam state (one m, one v for all weights) against Keras's per-weight one: the optimizer step alone.
 
     python benchmarks/adam_flat_probe.py [--pairs 2]
 
-A probe for a possible change, not a measurement of effscale as it is. The optimizer step
-alone, on the proxy network of the paper's point (default grid settings, 10 classes), with
-fixed random gradients, in a fresh process per measurement with one TensorFlow thread, oneDNN off and the
-workers' glibc heap settings, as a local grid worker runs:
+The optimizer step alone, on the proxy network of the paper's point (default grid settings,
+10 classes), with fixed random gradients, in a fresh process per measurement with one
+TensorFlow thread, oneDNN off and the workers' glibc heap settings, as a local grid worker
+runs:
 
-- ``pervar``: ``SharedScalarsAdam.apply`` inside a ``tf.function``, what the proxy trials
-  use: about 11 graph ops per variable;
-- ``flat``: the same Adam arithmetic on one concatenated vector (a concat, a dozen ops, a
-  split and one ``assign_sub`` per variable). Its arithmetic is written for timing only and
-  is not Keras's to the bit.
+- ``pervar``: ``SharedScalarsAdam.apply`` inside a ``tf.function``: about a dozen graph
+  operations per variable;
+- ``flat``: ``FlatStateAdam.apply`` (what the proxy trials use): a dozen operations on one
+  concatenated vector, a split and about three operations per variable.
 
 Prints, per process, the first call (trace, graph optimisation and one run) and the median
 of 50 later calls, then the flat/pervar ratios of each pair.
@@ -32,35 +31,21 @@ import numpy as np, tensorflow as tf
 from effscale.grid.config import GridConfig
 from effscale.grid.proxy import build_proxy_model
 from effscale.grid.search import Candidate, TrialSpec
-from effscale.net.optimizers import shared_scalars_adam
+from effscale.net.optimizers import flat_state_adam, shared_scalars_adam
 mode = sys.argv[1]
 spec = TrialSpec(Candidate(*(float(v) for v in sys.argv[3].split(","))), "grid", 0, 0, 1)
 variables = build_proxy_model(spec, GridConfig(dataset="x"), (32, 32, 3), 10).trainable_variables
 rng = np.random.default_rng(0)
 grads = [tf.constant(rng.standard_normal(v.shape).astype("float32") * 1e-3) for v in variables]
-if mode == "pervar":
-    opt = shared_scalars_adam(1e-3)
-    opt.build(variables)
+opt = (shared_scalars_adam if mode == "pervar" else flat_state_adam)(1e-3)
+opt.build(variables)
 
-    @tf.function
-    def step(gs):
-        opt.apply(gs, variables)
-else:
-    sizes = [int(np.prod(v.shape)) for v in variables]
-    m, v2 = tf.Variable(tf.zeros([sum(sizes)])), tf.Variable(tf.zeros([sum(sizes)]))
-    count = tf.Variable(0, dtype=tf.int64)
 
-    @tf.function
-    def step(gs):
-        count.assign_add(1)
-        t = tf.cast(count, tf.float32)
-        alpha = 1e-3 * tf.sqrt(1 - tf.pow(0.999, t)) / (1 - tf.pow(0.9, t))
-        g = tf.concat([tf.reshape(x, [-1]) for x in gs], 0)
-        m.assign_add((g - m) * (1 - 0.9))
-        v2.assign_add((tf.square(g) - v2) * (1 - 0.999))
-        update = m * alpha / (tf.sqrt(v2) + 1e-7)
-        for var, part in zip(variables, tf.split(update, sizes)):
-            var.assign_sub(tf.reshape(part, var.shape))
+@tf.function
+def step(gs):
+    opt.apply(gs, variables)
+
+
 began = time.perf_counter()
 step(grads)
 first = time.perf_counter() - began

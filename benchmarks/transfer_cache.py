@@ -102,14 +102,16 @@ def main(argv=None) -> dict:
         def uncached():
             model.fit(uncached_batches, epochs=1, verbose=0, shuffle=False)
 
+        def cached_epoch(epoch: int) -> CachedEpochs:
+            return CachedEpochs(store, data.y_train, data.num_classes, args.batch_size, 0, epoch, [0, 1])
+
         def cached(epoch=[0]):  # noqa: B006 - a counter: each cached epoch draws its own order
             epoch[0] += 1
-            top.fit(CachedEpochs(store, data.y_train, data.num_classes, args.batch_size, 0, epoch[0], [0, 1]),
-                    epochs=1, verbose=0, shuffle=False)
+            top.fit(cached_epoch(epoch[0]), epochs=1, verbose=0, shuffle=False)
 
         def cached_loop(epoch=[1000]):  # noqa: B006 - a counter, as in cached()
             epoch[0] += 1
-            batches = CachedEpochs(store, data.y_train, data.num_classes, args.batch_size, 0, epoch[0], [0, 1])
+            batches = cached_epoch(epoch[0])
             for i in range(len(batches)):
                 top.train_on_batch(*batches[i])
 
