@@ -152,12 +152,14 @@ def test_full_schedule_trains_everyone_the_longest():
     assert space.planned_trials() == len(space.entries)
 
 
-def test_halving_plans_at_most_040x_the_images_of_full():
+def test_halving_plans_under_half_the_images_of_full():
+    # the default: 18 rows x 2 epochs, then 6 finalists x 3 seeds x 6 epochs = 144 row-epochs
+    # against 18 x 3 x 6 = 324 (before a promoted seed continues instead of starting again)
     halving = SearchSpace.from_config(GridConfig())
     n, cfg = len(halving.entries), halving.config
     images = sum(halving.survivors(n, r) * len(halving.seeds(r)) * cfg.rung_epochs(r)
                  for r in range(cfg.rungs)) * cfg.limit_train
-    assert images <= 0.4 * halving.images_full_schedule()
+    assert images <= 0.45 * halving.images_full_schedule()
 
 
 def test_smoke_preset_is_small():
