@@ -6,7 +6,7 @@
 ``--trials reduced`` (the default) trains toy trials: 1,000 images at 32 px, a second or two
 of training against a graph trace of several seconds, so both schedules are mostly tracing.
 ``--trials default`` runs the same 6 rows with the proxy task and schedule of ``effscale grid``'s
-defaults (4,000 images at 48 px, base width 0.5, 3 rungs, 3 seeds at the last rung): the
+defaults (4,000 images at 48 px, base width 0.5, 2 then 6 epochs, 3 seeds at the last rung): the
 trials a user's search runs, at a third of the default grid's rows.
 
 In one process, one after the other, under the same machine load:
