@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,6 +43,41 @@ def _timed(fn) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def build(variant: str, image_size: int, blocks: int, images: int, batch_size: int) -> SimpleNamespace:
+    """The transfer model of ``top-blocks`` with its registry weights, split at the cut, both
+    compiled with one optimizer: what ``effscale transfer`` trains, cached and uncached."""
+    from effscale.backend import set_defaults
+
+    set_defaults()
+    import keras
+
+    from effscale.data.datasets import load_dataset
+    from effscale.schemas import resolve_network
+    from effscale.transfer.config import TransferConfig
+    from effscale.transfer.model import HEAD_LAYERS, build_transfer_model, load_backbone_weights
+    from effscale.transfer.prefix import cut_layer, split_model
+    from effscale.transfer.strategies import compile_model, configure_phase, make_optimizer
+
+    tar = SHARED / "cifar10-jpeg.tar.gz"
+    data = load_dataset(str(tar) if tar.is_file() else "synthetic", limit_train=images, limit_val=64, seed=0)
+    config = TransferConfig(variant=variant, weights=variant, image_size=image_size,
+                            strategy="top-blocks", blocks=blocks, augment=("flip",), batch_size=batch_size)
+    name, spec = resolve_network(variant)
+    keras.utils.set_random_seed(0)
+    model, backbone = build_transfer_model(config, spec, data.image_shape, data.num_classes, image_size)
+    load_backbone_weights(backbone, config.weights, name, spec)
+    configure_phase(model, backbone, config, "top-blocks")
+    steps = -(-len(data.y_train) // batch_size)
+    optimizer = make_optimizer(config, "top-blocks", steps, 1000)
+    compile_model(model, config, optimizer, data.num_classes)
+    cut = cut_layer(backbone, "top-blocks")
+    prefix, top = split_model(model, backbone, cut, HEAD_LAYERS)
+    compile_model(top, config, optimizer, data.num_classes)
+    return SimpleNamespace(name=name, data=data, config=config, model=model, prefix=prefix, top=top, cut=cut,
+                           recompile_top=lambda: compile_model(top, config, make_optimizer(
+                               config, "top-blocks", steps, 1000), data.num_classes))
 
 
 def main(argv=None) -> dict:
@@ -57,35 +93,12 @@ def main(argv=None) -> dict:
 
     import numpy as np
 
-    from effscale.backend import set_defaults
-
-    set_defaults()
-    import keras
-
-    from effscale.data.datasets import load_dataset, make_batches
-    from effscale.schemas import resolve_network
+    from effscale.data.datasets import make_batches
     from effscale.transfer.cache import ActivationCache, cache_key
-    from effscale.transfer.config import TransferConfig
-    from effscale.transfer.model import HEAD_LAYERS, build_transfer_model, load_backbone_weights
-    from effscale.transfer.prefix import CachedEpochs, cut_layer, split_model
-    from effscale.transfer.strategies import compile_model, configure_phase, make_optimizer
+    from effscale.transfer.prefix import CachedEpochs
 
-    tar = SHARED / "cifar10-jpeg.tar.gz"
-    data = load_dataset(str(tar) if tar.is_file() else "synthetic", limit_train=args.images, limit_val=64, seed=0)
-    config = TransferConfig(variant=args.variant, weights=args.variant, image_size=args.image_size,
-                            strategy="top-blocks", blocks=args.blocks, augment=("flip",),
-                            batch_size=args.batch_size)
-    name, spec = resolve_network(args.variant)
-    keras.utils.set_random_seed(0)
-    model, backbone = build_transfer_model(config, spec, data.image_shape, data.num_classes, args.image_size)
-    load_backbone_weights(backbone, config.weights, name, spec)
-    configure_phase(model, backbone, config, "top-blocks")
-    steps = -(-len(data.y_train) // args.batch_size)
-    optimizer = make_optimizer(config, "top-blocks", steps, 1000)
-    compile_model(model, config, optimizer, data.num_classes)
-    cut = cut_layer(backbone, "top-blocks")
-    prefix, top = split_model(model, backbone, cut, HEAD_LAYERS)
-    compile_model(top, config, optimizer, data.num_classes)
+    built = build(args.variant, args.image_size, args.blocks, args.images, args.batch_size)
+    data, model, prefix, top, cut, name = built.data, built.model, built.prefix, built.top, built.cut, built.name
 
     with tempfile.TemporaryDirectory() as tmp:
         shape = tuple(int(d) for d in prefix.output.shape[1:])
