@@ -45,7 +45,8 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def build(variant: str, image_size: int, blocks: int, images: int, batch_size: int) -> SimpleNamespace:
+def build(variant: str, image_size: int, blocks: int, images: int, batch_size: int,
+          precision: str = "float32") -> SimpleNamespace:
     """The transfer model of ``top-blocks`` with its registry weights, split at the cut, both
     compiled with one optimizer: what ``effscale transfer`` trains, cached and uncached."""
     from effscale.backend import set_defaults
@@ -62,8 +63,9 @@ def build(variant: str, image_size: int, blocks: int, images: int, batch_size: i
 
     tar = SHARED / "cifar10-jpeg.tar.gz"
     data = load_dataset(str(tar) if tar.is_file() else "synthetic", limit_train=images, limit_val=64, seed=0)
-    config = TransferConfig(variant=variant, weights=variant, image_size=image_size,
+    config = TransferConfig(variant=variant, weights=variant, image_size=image_size, precision=precision,
                             strategy="top-blocks", blocks=blocks, augment=("flip",), batch_size=batch_size)
+    keras.mixed_precision.set_global_policy(precision)  # as effscale transfer --precision does
     name, spec = resolve_network(variant)
     keras.utils.set_random_seed(0)
     model, backbone = build_transfer_model(config, spec, data.image_shape, data.num_classes, image_size)

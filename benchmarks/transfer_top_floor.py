@@ -102,6 +102,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
+                        help="the Keras policy of both models (effscale transfer --precision)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="timed calls per function and round")
     args = parser.parse_args(argv)
@@ -111,7 +113,7 @@ def main(argv=None) -> dict:
     import tensorflow as tf
 
     b = args.batch_size
-    built = build(args.variant, args.image_size, args.blocks, b, b)
+    built = build(args.variant, args.image_size, args.blocks, b, b, args.precision)
     x = built.data.x_train[:b]
     y = keras.utils.to_categorical(built.data.y_train[:b], built.data.num_classes)
     # What the cache holds: float16 activations, read back as float32.
@@ -165,7 +167,7 @@ def main(argv=None) -> dict:
     slow_dw = sum(max(0.0, g - 2 * f) for f, g in dw)  # kernel gradient beyond the forward's cost
     result = {
         "variant": built.name, "image_size": args.image_size, "blocks": args.blocks, "cut": built.cut,
-        "batch_size": b, "rounds": args.rounds, "steps": args.steps, "step_ms": {k: round(v, 2) for k, v in step.items()},
+        "batch_size": b, "precision": args.precision, "rounds": args.rounds, "steps": args.steps, "step_ms": {k: round(v, 2) for k, v in step.items()},
         "cached_parts_ms": {k: round(v, 2) for k, v in parts.items()},
         "ratio": round(step["cached"] / step["uncached"], 4),
         "ratio_bn_act_free": round(no_bn_act / step["uncached"], 4),
