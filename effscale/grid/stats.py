@@ -26,8 +26,10 @@ about (k-1)/k in variance, which is the price of an assumption-free interval at 
 in its own tie set. **The choice** among a tie set of several rows: the fewest measured
 MACs (then the higher accuracy). Every row was built to cost the same budget, but rounding
 moves the measured cost by up to ~20%; when the data cannot separate rows, the cheaper
-network is the better buy at every phi, and the rule depends only on deterministic
-quantities, so two reruns with different noise pick from a tie set by the same rule.
+proxy is the better buy, and the rule depends only on deterministic quantities, so two
+reruns with different noise pick from a tie set by the same rule. The cost is measured at
+phi=1: what rounding saves there need not carry to larger phi, which is why the tie set is
+reported beside the choice.
 
 Trials without saved predictions (runs made before they were kept, custom trainers) fall
 back to a normal approximation from the per-seed accuracies: the larger of the binomial
