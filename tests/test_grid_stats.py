@@ -126,7 +126,7 @@ def test_report_reads_predictions_from_the_run_dir_and_best_json_records_the_tie
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["metrics"]["tie_set"] == ["a1.25-b1.00-g1.25"] and best["metrics"]["rule"]
     code, _, err = run_cli("scale", "--phi", "2", "--from", str(tmp_path))
-    assert code == 0 and "could not separate" not in err
+    assert code == 0 and "could not separate" not in err and "tied rows cost" not in err
 
 
 def test_scale_from_warns_when_the_tie_set_has_several_rows(tmp_path, run_cli):
@@ -136,6 +136,29 @@ def test_scale_from_warns_when_the_tie_set_has_several_rows(tmp_path, run_cli):
     report.write_reports(run, config, space, trials, rows, info)
     code, _, err = run_cli("scale", "--phi", "2", "--from", str(tmp_path))
     assert code == 0 and "Warning: the grid search could not separate 2 rows" in err
+
+
+def test_scale_from_a_tie_names_each_tied_rows_cost_at_that_phi(tmp_path, run_cli):
+    # Two rows the proxy cannot separate; at phi=3 on B0 they cost different MACs, which
+    # `effscale scale --alpha/--beta/--gamma` computes independently for each.
+    rows = {"a1.00-b1.4142-g1.00": [0.60, 0.61], "a1.00-b1.00-g1.4142": [0.60, 0.61]}
+    run = _write_run(tmp_path, rows)
+    config, space, trials, ranked, info = report.build(run)
+    report.write_reports(run, config, space, trials, ranked, info)
+    code, _, err = run_cli("scale", "--phi", "3", "--from", str(tmp_path))
+    assert code == 0
+    line = " ".join(err.split())
+    assert "At phi=3 on B0 the tied rows cost (MACs):" in line
+    macs = {}
+    for row in rows:
+        alpha, beta, gamma = (part[1:] for part in row.split("-"))
+        code, out, _ = run_cli("scale", "--phi", "3", "--alpha", alpha, "--beta", beta, "--gamma", gamma,
+                               "--format", "json")
+        macs[row] = json.loads(out)[0]["flops"]
+        assert f"{row} {macs[row] / 1e9:.2f} G" in line
+    assert macs["a1.00-b1.4142-g1.00"] != macs["a1.00-b1.00-g1.4142"]
+    assert f"the cheapest there is {min(macs, key=macs.get)}" in line
+    assert "(chosen)" in line  # the grid's choice is marked among them
 
 
 @pytest.mark.parametrize("width", [80, 120])

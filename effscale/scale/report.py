@@ -10,6 +10,7 @@ Library API for notebooks too::
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,38 @@ class ChosenCoefficients:
     family: str
     source: str  # "paper" or the --from path
     warning: str | None = None  # e.g. the grid's winner is statistically tied with others
+    tie_set: tuple[str, ...] = ()  # the grid's tied candidate ids, when it could not separate them
+    chosen_id: str | None = None
+
+
+_CANDIDATE_ID = re.compile(r"a(\d+(?:\.\d+)?)-b(\d+(?:\.\d+)?)-g(\d+(?:\.\d+)?)")
+
+
+def tie_set_costs(tie_set, phi: float, family: str = "efficientnet") -> list[tuple[str, int]]:
+    """MACs of the family's base scaled to ``phi`` with each tied row's coefficients (ids
+    ``aA-bB-gC`` as ``effscale grid`` names them; others are skipped), cheapest first.
+
+    The grid breaks a tie by MACs measured on its proxy at phi=1, where rounding channels and
+    pixels can favour a row that costs more one step up; this shows the cost where it is used."""
+    costs = []
+    for row in tie_set:
+        match = _CANDIDATE_ID.fullmatch(str(row))
+        if match:
+            alpha, beta, gamma = (float(v) for v in match.groups())
+            costs.append((str(row), _cost(compound(phi, ScalingCoefficients(alpha, beta, gamma), family=family)).macs))
+    return sorted(costs, key=lambda item: item[1])
+
+
+def tie_set_cost_line(chosen: ChosenCoefficients, phi: float) -> str | None:
+    """One sentence naming each tied row's MACs at ``phi`` and the cheapest; None without a tie."""
+    costs = tie_set_costs(chosen.tie_set, phi, chosen.family)
+    if len(costs) < 2:
+        return None
+    base = base_of(chosen.family).name.upper()
+    listed = ", ".join(f"{row} {macs / 1e9:.2f} G" + (" (chosen)" if row == chosen.chosen_id else "")
+                       for row, macs in costs)
+    return (f"At phi={phi:g} on {base} the tied rows cost (MACs): {listed}; the cheapest there is {costs[0][0]}. "
+            f"Pass --alpha/--beta/--gamma to scale another.")
 
 
 def choose_coefficients(from_path=None, alpha: float | None = None, beta: float | None = None,
@@ -153,11 +186,14 @@ def choose_coefficients(from_path=None, alpha: float | None = None, beta: float 
                         family: str = "efficientnet") -> ChosenCoefficients:
     """The paper's coefficients, or a grid's ``best.json``, with explicit values on top."""
     base, source, recorded_budget, warning = PAPER_COEFFICIENTS, "paper", DEFAULT_BUDGET, None
+    tie_set, chosen_id = (), None
     if from_path is not None:
         from effscale.schemas import read_coefficients, tie_set_warning
 
         base, document = read_coefficients(from_path)
         warning = tie_set_warning(document)
+        metrics = document.get("metrics") or {}
+        tie_set, chosen_id = tuple(metrics.get("tie_set") or ()), metrics.get("candidate")
         source = str(from_path)
         family = document.get("family", family)
         # The grid judged its coefficients against its own budget; 2 would misread a budget-3 search.
@@ -168,7 +204,7 @@ def choose_coefficients(from_path=None, alpha: float | None = None, beta: float 
         gamma if gamma is not None else base.gamma,
     ).validate()
     return ChosenCoefficients(coefficients, recorded_budget if budget is None else budget, family, source,
-                              warning or None)
+                              warning or None, tie_set, chosen_id)
 
 
 def write_variant(record: dict, coefficients: ScalingCoefficients | None, output: Path) -> Path:
