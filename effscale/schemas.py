@@ -96,7 +96,7 @@ def tie_set_warning(document: dict) -> str | None:
     """A warning when the grid run behind a coefficients file could not separate its best rows."""
     metrics = document.get("metrics") or {}
     ties = metrics.get("tie_set") or []
-    if len(ties) < 2:
+    if not isinstance(ties, list) or len(ties) < 2:  # a hand-edited file: no tie to report
         return None
     return (f"the grid search could not separate {len(ties)} rows ({', '.join(map(str, ties))}); "
             f"{metrics.get('candidate')} was chosen by {metrics.get('rule')}. Any of them is as well supported.")

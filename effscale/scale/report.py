@@ -193,7 +193,8 @@ def choose_coefficients(from_path=None, alpha: float | None = None, beta: float 
         base, document = read_coefficients(from_path)
         warning = tie_set_warning(document)
         metrics = document.get("metrics") or {}
-        tie_set, chosen_id = tuple(metrics.get("tie_set") or ()), metrics.get("candidate")
+        if isinstance(metrics.get("tie_set"), list):
+            tie_set, chosen_id = tuple(map(str, metrics["tie_set"])), metrics.get("candidate")
         source = str(from_path)
         family = document.get("family", family)
         # The grid judged its coefficients against its own budget; 2 would misread a budget-3 search.
