@@ -245,6 +245,11 @@ def test_confirm_phi_retrains_the_chosen_paper_and_single_axis_rows_one_step_up(
     assert confirm["complete"] == confirm["planned"] == len(records)
     assert "At phi=2 the phi=1 choice" in err
     assert json.loads(out)["summary"]["confirm"]["kendall_tau"] is not None
+    versus = confirm["compound_vs_single_axis"]
+    ratio = {row["id"]: row["macs_ratio"] for row in confirm["rows"]}
+    assert (f"at {ratio[versus['compound']]:.2f}x and {ratio[versus['single_axis']]:.2f}x the base's MACs"
+            in confirm["sentence"])
+    assert ratio[versus["compound"]] > 1 and ratio[versus["single_axis"]] > 1  # phi=2 rows cost more than the base
     lines = len(RunDir(run_dir / "confirm").read_jsonl("trials.jsonl"))
     code, _, err = run_cli("grid", "--resume", str(run_dir), "--fake-trials", "0")
     assert code == 0, err

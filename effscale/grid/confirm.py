@@ -147,7 +147,7 @@ def summarize(run: RunDir, space: SearchSpace, phi1_rows: list[dict] | None = No
     return {"phi": rows[0]["phi"] if rows else None, "rows": out_rows, "verdict": verdict, "kendall_tau": tau,
             "chosen_in_tie_set": chosen_id in verdict.get("tie_set", []) if verdict else None,
             "compound_vs_single_axis": versus, "complete": len(trials), "planned": planned,
-            "sentence": _sentence(verdict, chosen_id, tau, versus, rows, len(trials), planned,
+            "sentence": _sentence(verdict, chosen_id, tau, versus, out_rows, len(trials), planned,
                                   [x["phi1_id"] for x in rows if x["id"] not in results])}
 
 
@@ -171,6 +171,11 @@ def _sentence(verdict: dict, chosen_id: str | None, tau, versus, rows, complete:
                  f"{back[versus['single_axis']]}: "
                  f"{100 * versus['diff']:+.1f} points, 95% CI [{100 * versus['diff_lo']:+.1f}, "
                  f"{100 * versus['diff_hi']:+.1f}]")
+        # Rounding moves each row off the budget; a comparison "at equal FLOPs" should show by how much.
+        macs = {x["id"]: x.get("macs_ratio") for x in rows}
+        pair = (macs.get(versus["compound"]), macs.get(versus["single_axis"]))
+        if None not in pair:
+            text += f", at {pair[0]:.2f}x and {pair[1]:.2f}x the base's MACs"
     if complete < planned:
         text += f" (so far: {complete} of {planned} trials"
         text += f"; no result yet for {', '.join(untrained)})" if untrained else ")"
