@@ -167,7 +167,8 @@ def main(argv=None) -> dict:
     slow_dw = sum(max(0.0, g - 2 * f) for f, g in dw)  # kernel gradient beyond the forward's cost
     result = {
         "variant": built.name, "image_size": args.image_size, "blocks": args.blocks, "cut": built.cut,
-        "batch_size": b, "precision": args.precision, "rounds": args.rounds, "steps": args.steps, "step_ms": {k: round(v, 2) for k, v in step.items()},
+        "batch_size": b, "precision": args.precision, "rounds": args.rounds, "steps": args.steps,
+        "step_ms": {k: round(v, 2) for k, v in step.items()},
         "cached_parts_ms": {k: round(v, 2) for k, v in parts.items()},
         "ratio": round(step["cached"] / step["uncached"], 4),
         "ratio_bn_act_free": round(no_bn_act / step["uncached"], 4),
@@ -178,9 +179,9 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(result, indent=2))
     print(f"per step: cached {step['cached']:.1f} ms / uncached {step['uncached']:.1f} ms = {result['ratio']:.3f}")
-    for name, ms in parts.items():
-        print(f"  {name:<38} {ms:6.1f} ms  {ms / step['cached']:.2f} of the cached step, "
-              f"{ms / step['uncached']:.3f} of the uncached")
+    for name, part in parts.items():
+        print(f"  {name:<38} {part:6.1f} ms  {part / step['cached']:.2f} of the cached step, "
+              f"{part / step['uncached']:.3f} of the uncached")
     print(f"ratio if BatchNorm and activations were free: {result['ratio_bn_act_free']:.3f}; and if each "
           f"depthwise kernel gradient cost its forward: {result['ratio_bn_act_free_fast_depthwise_grad']:.3f}; "
           f"the 1x1 matmuls alone: {result['matmul_floor_ratio']:.3f} "
