@@ -92,11 +92,17 @@ def read_coefficients(path) -> tuple[ScalingCoefficients, dict]:
     return coefficients, data
 
 
+def tie_set(document: dict) -> tuple[str, ...]:
+    """The rows the grid run behind a coefficients file could not separate (empty without one)."""
+    ties = (document.get("metrics") or {}).get("tie_set")
+    return tuple(map(str, ties)) if isinstance(ties, list) else ()  # not a list: a hand-edited file
+
+
 def tie_set_warning(document: dict) -> str | None:
     """A warning when the grid run behind a coefficients file could not separate its best rows."""
     metrics = document.get("metrics") or {}
-    ties = metrics.get("tie_set") or []
-    if not isinstance(ties, list) or len(ties) < 2:  # a hand-edited file: no tie to report
+    ties = tie_set(document)
+    if len(ties) < 2:
         return None
     return (f"the grid search could not separate {len(ties)} rows ({', '.join(map(str, ties))}); "
             f"{metrics.get('candidate')} was chosen by {metrics.get('rule')}. Any of them is as well supported.")

@@ -194,3 +194,15 @@ def test_candidate_is_the_scaling_coefficients_type():
     point = Candidate(1.2, 1.1, 1.15)
     assert isinstance(point, ScalingCoefficients)
     assert point.flops_factor == pytest.approx(PAPER_FACTOR)
+
+
+def test_a_candidate_id_reads_back_as_the_same_candidate():
+    space = SearchSpace.from_config(GridConfig())
+    for entry in space.entries:  # grid points and reference rows (a1.00-b1.4142-g1.00)
+        read = Candidate.from_id(entry.candidate.id)
+        assert read.id == entry.candidate.id
+        # an id keeps 4 decimals: sqrt(2) comes back as 1.4142
+        for axis in ("alpha", "beta", "gamma"):
+            assert getattr(read, axis) == pytest.approx(getattr(entry.candidate, axis), abs=5e-5)
+    for text in ("a1.00-b1.10-g1.30-s0-r1", "b1.00-a1.10-g1.30", "anan-b1.00-g1.00", "a1e3-b1-g1", "", "chosen"):
+        assert Candidate.from_id(text) is None

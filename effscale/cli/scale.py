@@ -70,7 +70,7 @@ def scale(phi, show_all, variant_name, family, alpha, beta, gamma, budget, from_
         measured = measured_search(parse_latency_ms(target_latency), coefficients, family, batch, report=console.info)
         phi = measured["phi"]
     if phi is not None:
-        if chosen.warning and (line := scale_report.tie_set_cost_line(chosen, phi)):
+        if line := scale_report.tie_set_cost_line(chosen, phi):
             console.info(line)
         record = scale_report.derive(phi, coefficients, budget, family) | ({"latency": measured} if measured else {})
         records = [record]

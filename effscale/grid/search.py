@@ -71,6 +71,17 @@ class Candidate(ScalingCoefficients):
     def from_dict(cls, data: Mapping) -> Candidate:
         return cls(float(data["alpha"]), float(data["beta"]), float(data["gamma"]))
 
+    @classmethod
+    def from_id(cls, text: str) -> Candidate | None:
+        """The candidate ``id`` names (``a1.20-b1.10-g1.15``), or None for any other text."""
+        parts = str(text).split("-")
+        if len(parts) != 3 or [part[:1] for part in parts] != ["a", "b", "g"]:
+            return None
+        numbers = [part[1:] for part in parts]
+        if not all(number.replace(".", "", 1).isdigit() for number in numbers):  # as `id` writes them
+            return None
+        return cls(*(float(number) for number in numbers))
+
 
 @dataclass(frozen=True)
 class Entry:

@@ -10,7 +10,6 @@ Library API for notebooks too::
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,21 +150,16 @@ class ChosenCoefficients:
     chosen_id: str | None = None
 
 
-_CANDIDATE_ID = re.compile(r"a(\d+(?:\.\d+)?)-b(\d+(?:\.\d+)?)-g(\d+(?:\.\d+)?)")
-
-
 def tie_set_costs(tie_set, phi: float, family: str = "efficientnet") -> list[tuple[str, int]]:
     """MACs of the family's base scaled to ``phi`` with each tied row's coefficients (ids
     ``aA-bB-gC`` as ``effscale grid`` names them; others are skipped), cheapest first.
 
     The grid breaks a tie by MACs measured on its proxy at phi=1, where rounding channels and
     pixels can favour a row that costs more one step up; this shows the cost where it is used."""
-    costs = []
-    for row in tie_set:
-        match = _CANDIDATE_ID.fullmatch(str(row))
-        if match:
-            alpha, beta, gamma = (float(v) for v in match.groups())
-            costs.append((str(row), _cost(compound(phi, ScalingCoefficients(alpha, beta, gamma), family=family)).macs))
+    from effscale.grid.search import Candidate  # only when there is a tie: keeps `scale` quick to start
+
+    candidates = [(str(row), Candidate.from_id(row)) for row in tie_set]
+    costs = [(row, _cost(compound(phi, candidate, family=family)).macs) for row, candidate in candidates if candidate]
     return sorted(costs, key=lambda item: item[1])
 
 
@@ -189,12 +183,11 @@ def choose_coefficients(from_path=None, alpha: float | None = None, beta: float 
     tie_set, chosen_id = (), None
     if from_path is not None:
         from effscale.schemas import read_coefficients, tie_set_warning
+        from effscale.schemas import tie_set as read_tie_set
 
         base, document = read_coefficients(from_path)
         warning = tie_set_warning(document)
-        metrics = document.get("metrics") or {}
-        if isinstance(metrics.get("tie_set"), list):
-            tie_set, chosen_id = tuple(map(str, metrics["tie_set"])), metrics.get("candidate")
+        tie_set, chosen_id = read_tie_set(document), (document.get("metrics") or {}).get("candidate")
         source = str(from_path)
         family = document.get("family", family)
         # The grid judged its coefficients against its own budget; 2 would misread a budget-3 search.
