@@ -82,13 +82,18 @@ def build(variant: str, image_size: int, blocks: int, images: int, batch_size: i
                                config, "top-blocks", steps, 1000), data.num_classes))
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model ``build`` makes: shared with benchmarks/transfer_top_floor.py."""
     parser.add_argument("--variant", default="lite0")
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--blocks", type=int, default=2)
-    parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_build_arguments(parser)
+    parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", action="store_true", help="also time the cached epoch without fit's data path")
     args = parser.parse_args(argv)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transfer_cache import build  # noqa: E402
+from transfer_cache import add_build_arguments, build  # noqa: E402
 
 
 def _interleaved_ms(fns: dict, rounds: int, steps: int) -> dict[str, float]:
@@ -54,13 +54,6 @@ def _interleaved_ms(fns: dict, rounds: int, steps: int) -> dict[str, float]:
                 times.append(time.perf_counter() - start)
             per_round[name].append(statistics.median(times))
     return {name: 1000 * statistics.median(values) for name, values in per_round.items()}
-
-
-def _layers(model) -> list:
-    out = []
-    for layer in model.layers:
-        out += _layers(layer) if hasattr(layer, "layers") else [layer]
-    return out
 
 
 def _conv_floor(tf, batch: int, shape, cout: int, input_grad: bool, dtype="float32"):
@@ -98,10 +91,7 @@ def _depthwise(tf, batch: int, shape, kernel: int):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variant", default="lite0")
-    parser.add_argument("--image-size", type=int, default=160)
-    parser.add_argument("--blocks", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    add_build_arguments(parser)
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
                         help="the Keras policy of both models (effscale transfer --precision)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -112,13 +102,15 @@ def main(argv=None) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    from effscale.transfer.model import flat_layers
+
     b = args.batch_size
     built = build(args.variant, args.image_size, args.blocks, b, b, args.precision)
     x = built.data.x_train[:b]
     y = keras.utils.to_categorical(built.data.y_train[:b], built.data.num_classes)
     # What the cache holds: float16 activations, read back as float32.
     act = built.prefix.predict(x.astype(np.float32), verbose=0).astype(np.float16).astype(np.float32)
-    layers = [layer for layer in _layers(built.top) if layer.trainable and layer.weights]
+    layers = [layer for layer in flat_layers(built.top) if layer.trainable and layer.weights]
     convs = [layer for layer in layers if type(layer).__name__ == "Conv2D"]
     depthwise = [layer for layer in layers if type(layer).__name__ == "DepthwiseConv2D"]
 
@@ -131,12 +123,12 @@ def main(argv=None) -> dict:
 
     fns = {"uncached": train_fn(built.model, x), "cached": train_fn(built.top, act)}
     for name, kinds in (("no BN", {"BatchNormalization"}), ("no BN, no act", {"BatchNormalization", "Activation"})):
-        for layer in _layers(built.top):
+        for layer in flat_layers(built.top):
             if type(layer).__name__ in kinds:
                 layer.call = lambda inputs, *a, **k: inputs  # an identity, for accounting only
         built.recompile_top()
         fns[name] = train_fn(built.top, act)
-    for layer in _layers(built.top):
+    for layer in flat_layers(built.top):
         layer.__dict__.pop("call", None)
     for layer in depthwise:
         layer.trainable = False
