@@ -294,6 +294,32 @@ def test_crop_views_are_cached_for_training_only_and_trained_on(run_cli, tmp_pat
     assert len(list((tmp_path / "cache" / "activations").glob("*/meta.json"))) == 3  # a new 2-view train cache
 
 
+@pytest.mark.slow
+def test_no_prefix_cache_trains_the_top_on_fresh_crops_and_leaves_the_bottom_frozen(run_cli, tmp_path):
+    import json
+
+    import keras
+
+    weights = _pretrained(tmp_path, 0)
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(*_tiny_args(tmp_path, run_dir, "--strategy", "top-blocks", "--blocks", "1", "--epochs",
+                                       "2", "--augment", "flip,crop", "--no-prefix-cache", "--weights", str(weights)))
+    assert code == 0, err
+    assert not (tmp_path / "cache" / "activations").exists()  # no caching pass
+    assert "crop is not applied per epoch" not in err  # crops are drawn afresh
+    assert json.loads((run_dir / "manifest.json").read_text())["config"]["prefix_cache"] is False
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 3
+    from effscale.net.keras_model import build_model
+    from tests.test_transfer_train import tiny_network
+
+    pretrained = build_model(tiny_network(8), include_top=False, pooling="avg", image_size=32)
+    pretrained.load_weights(weights)
+    trained = keras.models.load_model(run_dir / "checkpoints" / "last.keras").get_layer("efficientnet")
+    changed = {w.path.split("/")[0] for w, before in zip(trained.weights, pretrained.get_weights())
+               if not np.array_equal(keras.ops.convert_to_numpy(w), before)}
+    assert changed and all(name.startswith(("block2b", "top_")) for name in changed), changed
+
+
 def _rss_file_mb() -> float:
     with open("/proc/self/status") as status:
         for line in status:

@@ -77,6 +77,8 @@ def test_unknown_keys_and_bad_json(tmp_path):
     ({"prefix_runtime": "litert", "precision": "mixed_bfloat16"}, "litert runs the prefix in float32"),
     ({"crop_views": -2}, "crop-views must be >= 0"),
     ({"crop_views": 1.5}, "crop-views must be a whole number"),
+    ({"crop_views": 2, "prefix_cache": False}, "crop-views 2 are cached views, but --no-prefix-cache"),
+    ({"prefix_cache": "no"}, "prefix-cache must be true or false, got 'no'"),
 ])
 def test_validation(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -93,6 +95,10 @@ def test_phases():
     assert TransferConfig(strategy="linear-probe").phases() == [("head", 0, 1)]
     assert TransferConfig(strategy="linear-probe", augment=("randaugment",)).phases() == [("head", 0, 10)]
     assert TransferConfig(strategy="top-blocks", blocks=3).phases() == [("top-blocks", 0, 10)]
+    # Asked not to cache, a frozen-bottom strategy runs its bottom every step (and a probe trains epochs).
+    assert TransferConfig(strategy="top-blocks").cached_prefix
+    assert not TransferConfig(strategy="top-blocks", prefix_cache=False).cached_prefix
+    assert TransferConfig(strategy="linear-probe", prefix_cache=False).phases() == [("head", 0, 10)]
     two = TransferConfig()
     assert two.phase_learning_rate("head") == two.learning_rate
     assert two.phase_learning_rate("all") == two.finetune_learning_rate

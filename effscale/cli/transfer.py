@@ -52,6 +52,9 @@ from effscale.cli.options import AUGMENT_HELP, augment_list
               help="Frozen-bottom strategies: cache this many random pad-and-crop views of each training image "
                    "besides the image and its flip, so the top trains on crops too (each view costs one more "
                    "caching pass over the training images).  [default: 0]")
+@click.option("--prefix-cache/--no-prefix-cache", default=None,
+              help="Frozen-bottom strategies: train the top on cached activations of the frozen bottom, or run "
+                   "the bottom every step so flips and crops are fresh each epoch.  [default: cache]")
 @click.option("--freeze-bn/--train-bn", default=None, help="BatchNorm in inference mode  [default: frozen iff pretrained].")
 @click.option("--limit-train", type=click.IntRange(min=1), help="Use a seeded subset of this many training images.")
 @click.option("--limit-val", type=click.IntRange(min=1), help="Use a seeded subset of this many validation images.")

@@ -78,6 +78,9 @@ class TransferConfig:
     # Frozen-bottom strategies: extra cached views of each training image, each a fixed random
     # pad-and-crop (and flip), since a cached prefix cannot crop per epoch. 0: image + flip only.
     crop_views: int = 0
+    # Frozen-bottom strategies: train the top on cached prefix activations (False: run the
+    # frozen bottom every step, so flips and crops are drawn afresh each epoch).
+    prefix_cache: bool = True
     # strategy
     strategy: str = "full"
     blocks: int = 2  # top-blocks: how many blocks from the top are trained
@@ -154,8 +157,10 @@ class TransferConfig:
     @property
     def cached_prefix(self) -> bool:
         """Frozen-bottom strategies train their top on cached activations of the frozen
-        prefix, unless an augmentation other than flip/crop changes what the prefix sees."""
-        return self.strategy in ("linear-probe", "top-blocks", "last-layers") and set(self.augment) <= {"flip", "crop"}
+        prefix, unless asked not to (``--no-prefix-cache``) or an augmentation other than
+        flip/crop changes what the prefix sees."""
+        return (self.prefix_cache and self.strategy in ("linear-probe", "top-blocks", "last-layers")
+                and set(self.augment) <= {"flip", "crop"})
 
     def phases(self) -> list[tuple[str, int, int]]:
         """``[(phase, first_epoch, end_epoch)]``; epochs are 0-based and global."""
@@ -244,6 +249,11 @@ class TransferConfig:
         if self.crop_views and "crop" not in self.augment:
             raise ConfigError(f"crop-views {self.crop_views} caches crops, but crop is not in --augment "
                               f"{','.join(self.augment) or 'none'}; add crop or pass --crop-views 0")
+        if not isinstance(self.prefix_cache, bool):
+            raise ConfigError(f"prefix-cache must be true or false, got {self.prefix_cache!r}")
+        if self.crop_views and not self.prefix_cache:
+            raise ConfigError(f"crop-views {self.crop_views} are cached views, but --no-prefix-cache turns the "
+                              "cache off (its crops are drawn afresh each epoch); drop one of the two")
         from effscale.data.datasets import check_augment
 
         check_augment(self.augment)  # a cached prefix applies only flip (effscale.transfer.prefix)
