@@ -69,12 +69,10 @@ def _block(c_in: int, c_out: int, k: int, strides: int, expand: int, se_ratio: f
     return total, out_hw
 
 
-def network_cost(spec: NetworkSpec, num_classes: int = 1000, include_top: bool = True) -> Cost:
-    """Params and MACs of ``spec`` at ``spec.resolution`` (square input, 3 channels)."""
+def _blocks(spec: NetworkSpec) -> tuple[list[Cost], int]:
+    """Every MBConv block's cost, in order, and the spatial size after the last."""
     hw = conv_out(spec.resolution, 2)
-    # Input Normalization holds mean, variance and count; Lite's Rescaling holds nothing.
-    total = Cost(0 if spec.input_norm == "lite" else 2 * 3 + 1, 0)
-    total += _conv(3, 3, spec.stem_filters, hw) + _bn(spec.stem_filters)
+    costs = []
     for stage in spec.stages:
         for j in range(stage.repeats):
             c_in = stage.filters_in if j == 0 else stage.filters_out
@@ -82,7 +80,29 @@ def network_cost(spec: NetworkSpec, num_classes: int = 1000, include_top: bool =
             block, hw = _block(
                 c_in, stage.filters_out, stage.kernel_size, strides, stage.expand_ratio, stage.se_ratio, hw
             )
-            total += block
+            costs.append(block)
+    return costs, hw
+
+
+def block_costs(spec: NetworkSpec) -> list[Cost]:
+    """Params and MACs of each MBConv block at ``spec.resolution``, stem to head (neither
+    included): what a cut after block i leaves below and above it."""
+    return _blocks(spec)[0]
+
+
+def stem_cost(spec: NetworkSpec) -> Cost:
+    """The input normalisation and the stride-2 3x3 stem convolution with its BatchNorm."""
+    # Input Normalization holds mean, variance and count; Lite's Rescaling holds nothing.
+    total = Cost(0 if spec.input_norm == "lite" else 2 * 3 + 1, 0)
+    return total + _conv(3, 3, spec.stem_filters, conv_out(spec.resolution, 2)) + _bn(spec.stem_filters)
+
+
+def network_cost(spec: NetworkSpec, num_classes: int = 1000, include_top: bool = True) -> Cost:
+    """Params and MACs of ``spec`` at ``spec.resolution`` (square input, 3 channels)."""
+    total = stem_cost(spec)
+    blocks, hw = _blocks(spec)
+    for block in blocks:
+        total += block
     last = spec.stages[-1].filters_out
     total += _conv(1, last, spec.head_filters, hw) + _bn(spec.head_filters)
     if include_top:
