@@ -50,6 +50,7 @@ UPPER_BOUNDS = {
 }
 INT_FIELDS = ("image_size", "epochs", "warmup_epochs", "batch_size", "blocks", "last_layers", "limit_train",
               "limit_val", "seed", "crop_views")
+BOOL_FIELDS = ("prefix_cache",)
 FLOAT_FIELDS = ("dropout", "learning_rate", "finetune_learning_rate", "lr_decay", "decay_rate", "decay_epochs",
                 "momentum", "rho", "epsilon", "weight_decay", "label_smoothing")
 
@@ -208,6 +209,8 @@ class TransferConfig:
                 raise ConfigError(f"{f.name.replace('_', '-')} must be a whole number, got {value!r}")
             if f.name in FLOAT_FIELDS and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ConfigError(f"{f.name.replace('_', '-')} must be a number, got {value!r}")
+            if f.name in BOOL_FIELDS and not isinstance(value, bool):
+                raise ConfigError(f"{f.name.replace('_', '-')} must be true or false, got {value!r}")
         for name in ("epochs", "batch_size", "blocks", "last_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
@@ -249,8 +252,6 @@ class TransferConfig:
         if self.crop_views and "crop" not in self.augment:
             raise ConfigError(f"crop-views {self.crop_views} caches crops, but crop is not in --augment "
                               f"{','.join(self.augment) or 'none'}; add crop or pass --crop-views 0")
-        if not isinstance(self.prefix_cache, bool):
-            raise ConfigError(f"prefix-cache must be true or false, got {self.prefix_cache!r}")
         if self.crop_views and not self.prefix_cache:
             raise ConfigError(f"crop-views {self.crop_views} are cached views, but --no-prefix-cache turns the "
                               "cache off (its crops are drawn afresh each epoch); drop one of the two")
