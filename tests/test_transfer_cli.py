@@ -24,6 +24,8 @@ BAD_INPUT = [
     (["--crop-views", "-1"], 2, "-1 is not in the range x>=0"),
     (["--crop-views", "2", "--augment", "flip"], 1, "crop is not in --augment flip; add crop or pass --crop-views 0"),
     (["--crop-views", "17"], 1, "crop-views must be at most 16"),
+    # The smoke preset's strategy is full: no frozen prefix to cache views of.
+    (["--crop-views", "2"], 1, "crop-views 2 are cached views of a frozen prefix, but --strategy full"),
 ]
 
 
@@ -47,6 +49,19 @@ def test_bad_input_one_line_error_and_no_run_dir(run_cli, in_tmp, args, code, me
     assert message in err
     assert one_error_line(err)
     assert not (in_tmp / "runs").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"recipe": ["seed"]}, "recipe must be a string, got ['seed']"),
+    ({"weights": 5}, "weights must be a string, got 5"),
+    ({"freeze_bn": "yes"}, "freeze-bn must be true or false, got 'yes'"),
+    ({"augment": "flip"}, "augment must be a list of names, got 'flip'"),
+    ({"epochs": True}, "epochs must be a whole number, got True"),
+])
+def test_a_config_file_of_the_wrong_types_is_one_line(run_cli, in_tmp, setting, message):
+    (in_tmp / "config.json").write_text(json.dumps(setting))
+    code, _, err = run_cli("transfer", "--config", "config.json", "--print-config")
+    assert code == 1 and message in err and one_error_line(err)
 
 
 def _folder(root, corrupt=False):

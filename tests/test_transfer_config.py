@@ -55,6 +55,16 @@ def test_json_round_trip(tmp_path):
     assert read_transfer_config(manifest) == config
 
 
+def test_null_is_allowed_only_where_a_setting_has_a_none(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"freeze_bn": None, "image_size": None, "augment": None}))
+    config = read_transfer_config(path)
+    assert config.freeze_bn is None and config.image_size is None and config.augment == ()
+    path.write_text(json.dumps({"epochs": None}))
+    with pytest.raises(ConfigError, match="epochs must be a whole number, got None"):
+        read_transfer_config(path)
+
+
 def test_unknown_keys_and_bad_json(tmp_path):
     with pytest.raises(ConfigError, match="unknown transfer config key.*colour"):
         TransferConfig.from_dict({"colour": "red"})
@@ -79,6 +89,9 @@ def test_unknown_keys_and_bad_json(tmp_path):
     ({"crop_views": 1.5}, "crop-views must be a whole number"),
     ({"crop_views": 2, "prefix_cache": False}, "crop-views 2 are cached views, but --no-prefix-cache"),
     ({"prefix_cache": "no"}, "prefix-cache must be true or false, got 'no'"),
+    ({"crop_views": 2, "strategy": "full"}, "crop-views 2 are cached views of a frozen prefix, but --strategy full"),
+    ({"crop_views": 2, "strategy": "top-blocks", "augment": ("flip", "crop", "zoom")},
+     "--augment flip,crop,zoom changes what the frozen prefix sees"),
 ])
 def test_validation(override, message):
     with pytest.raises(ConfigError, match=message):

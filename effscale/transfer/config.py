@@ -48,11 +48,10 @@ UPPER_BOUNDS = {
     "weight_decay": 1.0,  # decoupled decay multiplies the weights by (1 - lr * wd) each step
     "epsilon": 1.0, "decay_epochs": MAX_EPOCHS,
 }
-INT_FIELDS = ("image_size", "epochs", "warmup_epochs", "batch_size", "blocks", "last_layers", "limit_train",
-              "limit_val", "seed", "crop_views")
-BOOL_FIELDS = ("prefix_cache",)
-FLOAT_FIELDS = ("dropout", "learning_rate", "finetune_learning_rate", "lr_decay", "decay_rate", "decay_epochs",
-                "momentum", "rho", "epsilon", "weight_decay", "label_smoothing")
+# What a JSON config may hold for each field's annotation ("X | None" also allows null), and
+# how the error names it. bool is an int to Python, but true is not a number of epochs.
+JSON_TYPES = {"int": ((int,), "a whole number"), "float": ((int, float), "a number"),
+              "bool": ((bool,), "true or false"), "str": ((str,), "a string")}
 
 CONFIG_SCHEMA = "effscale/transfer-config@1"
 
@@ -123,8 +122,8 @@ class TransferConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown transfer config key(s): {', '.join(unknown)}")
-        if "augment" in data:
-            data["augment"] = tuple(data["augment"] or ())
+        if "augment" in data and isinstance(data["augment"], list | None):
+            data["augment"] = tuple(data["augment"] or ())  # anything else fails validate()'s type check
         return cls(**data)
 
     def to_json(self) -> str:
@@ -181,12 +180,29 @@ class TransferConfig:
         return self.finetune_learning_rate
 
     # --- validation ----------------------------------------------------------------------
+    def _check_types(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            base, _, optional = f.type.partition(" | ")
+            if value is None and optional:
+                continue
+            if base == "tuple[str, ...]":
+                ok, wanted = isinstance(value, tuple) and all(isinstance(v, str) for v in value), "a list of names"
+            else:
+                types, wanted = JSON_TYPES[base]
+                ok = isinstance(value, types) and (base == "bool" or not isinstance(value, bool))
+            if not ok:
+                raise ConfigError(f"{f.name.replace('_', '-')} must be {wanted}, got {value!r}")
+
     def validate(self) -> TransferConfig:
         def choice(name, options):
             value = getattr(self, name)
             if value not in options:
                 raise ConfigError(f"{name.replace('_', '-')} must be one of {', '.join(options)}, got {value!r}")
 
+        # Types first (a JSON config can hold anything), then the documented ranges, then
+        # the sanity bounds: every bad value is one line naming the flag and its range.
+        self._check_types()
         choice("strategy", STRATEGIES)
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
@@ -201,16 +217,6 @@ class TransferConfig:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        # Types first (a JSON config can hold anything), then the documented ranges, then
-        # the sanity bounds: every bad number is one line naming the flag and its range.
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in INT_FIELDS and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"{f.name.replace('_', '-')} must be a whole number, got {value!r}")
-            if f.name in FLOAT_FIELDS and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"{f.name.replace('_', '-')} must be a number, got {value!r}")
-            if f.name in BOOL_FIELDS and not isinstance(value, bool):
-                raise ConfigError(f"{f.name.replace('_', '-')} must be true or false, got {value!r}")
         for name in ("epochs", "batch_size", "blocks", "last_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
@@ -255,6 +261,12 @@ class TransferConfig:
         if self.crop_views and not self.prefix_cache:
             raise ConfigError(f"crop-views {self.crop_views} are cached views, but --no-prefix-cache turns the "
                               "cache off (its crops are drawn afresh each epoch); drop one of the two")
+        if self.crop_views and not self.cached_prefix:  # else they would be silently ignored
+            why = (f"--strategy {self.strategy} trains the whole network, on crops drawn afresh each epoch"
+                   if self.strategy == "full" else
+                   f"--augment {','.join(self.augment)} changes what the frozen prefix sees, so nothing is cached")
+            raise ConfigError(f"crop-views {self.crop_views} are cached views of a frozen prefix, but {why}; "
+                              "drop --crop-views")
         from effscale.data.datasets import check_augment
 
         check_augment(self.augment)  # a cached prefix applies only flip (effscale.transfer.prefix)
