@@ -24,8 +24,9 @@ from effscale.cli.options import AUGMENT_HELP, augment_list
               help="What is trained.  [default: full]")
 @click.option("--blocks", type=click.IntRange(min=1), help="top-blocks: how many blocks from the top to train.  [default: 2]")
 @click.option("--last-layers", type=click.IntRange(min=1), help="last-layers: how many layers from the output to train.")
-@click.option("--recipe", type=click.Choice(["default", "seed", "paper"]), default="default", show_default=True,
-              help="default: the working recipe; seed: the student group's failing settings; paper: the paper's RMSProp.")
+@click.option("--recipe", type=click.Choice(["default", "seed", "paper", "cpu"]), default="default", show_default=True,
+              help="default: the working recipe; seed: the student group's failing settings; paper: the paper's "
+                   "RMSProp; cpu: top-blocks 8 at 3e-4 for 6 epochs, the measured CPU choice.")
 @click.option("--preset", type=click.Choice(["smoke"]), help="smoke: a tiny synthetic run, under a minute.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Start from a transfer config JSON (or a run's manifest.json).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs, warm-up included.")
@@ -76,6 +77,7 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
     \b
       effscale transfer --variant b0 --dataset cifar100                  the default recipe
       effscale transfer --recipe seed                                     reproduce the group's failure
+      effscale transfer --variant lite0 --weights lite0 --recipe cpu --image-size 160   the CPU choice
       effscale transfer --dataset data/cifar10-jpeg.tar.gz --weights none --image-size 32
       effscale transfer --preset smoke                                    under a minute, synthetic
       effscale transfer --resume runs/20261125-101500-transfer-b0-cifar100
