@@ -18,7 +18,7 @@ training images, and the result is committed as one epoch.
 Augmentations other than the flip change the pixels the prefix sees, so they cannot be
 drawn afresh each epoch: ``crop`` becomes the ``--crop-views`` fixed crops (none by
 default), and a run asking for rotate, zoom or normalize keeps the uncached path
-(``uses_cached_prefix``).
+(``TransferConfig.cached_prefix``).
 """
 
 from __future__ import annotations
@@ -41,10 +41,6 @@ from effscale.transfer.cache import VIEWS, ActivationCache, cache_key, epoch_ord
 log = logging.getLogger("effscale.transfer.train")
 
 PREDICT_BATCH = 512
-
-
-def uses_cached_prefix(config) -> bool:
-    return config.cached_prefix
 
 
 def cut_layer(backbone, phase: str) -> str | None:

@@ -40,7 +40,7 @@ from effscale.transfer.config import TransferConfig  # noqa: E402
 from effscale.transfer.model import (  # noqa: E402
     BACKBONE, HEAD_LAYERS, build_transfer_model, load_backbone_weights,
 )
-from effscale.transfer.prefix import CachedTop, uses_cached_prefix  # noqa: E402
+from effscale.transfer.prefix import CachedTop  # noqa: E402
 from effscale.transfer.strategies import compile_model, configure_phase, make_optimizer  # noqa: E402
 
 log = logging.getLogger("effscale.transfer.train")
@@ -171,7 +171,7 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
     # 5. Train phase by phase; each epoch commits through the callback.
     # Frozen-bottom strategies train only the top, on activations of the frozen prefix
     # computed once per image and view (effscale.transfer.prefix).
-    cached = CachedTop(config, spec, image_size, ckpt, HEAD_LAYERS) if uses_cached_prefix(config) else None
+    cached = CachedTop(config, spec, image_size, ckpt, HEAD_LAYERS) if config.cached_prefix else None
     bar = progress_bar() if progress else None
     if bar is not None:
         bar.start()
