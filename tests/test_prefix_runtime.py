@@ -144,6 +144,30 @@ def _tiny_prefix(native_shape, image_size=48):
     return split_model(model, backbone, cut, HEAD_LAYERS)[0]
 
 
+def test_top_blocks_of_every_block_cuts_after_the_stem():
+    from effscale.backend import set_defaults
+
+    set_defaults()
+    from effscale.transfer.config import TransferConfig
+    from effscale.transfer.model import build_transfer_model
+    from effscale.transfer.prefix import cut_layer
+    from effscale.transfer.strategies import configure_phase
+    from tests.test_transfer_train import tiny_network
+
+    spec = tiny_network(8, repeats=3)
+    total = sum(stage.repeats for stage in spec.stages)
+    config = TransferConfig(strategy="top-blocks", blocks=total)
+    model, backbone = build_transfer_model(config, spec, (32, 32, 3), 10, 32)
+    configure_phase(model, backbone, config, "top-blocks")
+    cut = cut_layer(backbone, "top-blocks")
+    names = [layer.name for layer in backbone.layers]
+    assert cut.startswith("stem") and names[names.index(cut) + 1].startswith("block1a")
+    assert not any(layer.trainable and layer.weights for layer in backbone.layers[:names.index(cut) + 1])
+    # One block fewer: the cut moves to the end of the first block.
+    configure_phase(model, backbone, TransferConfig(strategy="top-blocks", blocks=total - 1), "top-blocks")
+    assert cut_layer(backbone, "top-blocks").startswith("block1a")
+
+
 def test_litert_activations_equal_keras_on_a_tiny_prefix():
     """Native non-square images resized inside the graph, a spatial cut, a batch tail padded."""
     require("ai_edge_litert", "test")

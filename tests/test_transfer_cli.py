@@ -26,6 +26,8 @@ BAD_INPUT = [
     (["--crop-views", "17"], 1, "crop-views must be at most 16"),
     # The smoke preset's strategy is full: no frozen prefix to cache views of.
     (["--crop-views", "2"], 1, "crop-views 2 are cached views of a frozen prefix, but --strategy full"),
+    # B0 has 16 MBConv blocks (Tan & Le 2019, Table 1: 1+2+2+3+3+4+1).
+    (["--strategy", "top-blocks", "--blocks", "17"], 1, "--blocks 17 is more than b0's 16 MBConv blocks"),
 ]
 
 

@@ -35,6 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from effscale import console  # noqa: E402
+from effscale.errors import ConfigError  # noqa: E402
 from effscale.transfer import prefix_runtime  # noqa: E402
 from effscale.transfer.cache import VIEWS, ActivationCache, cache_key, epoch_order, gather, train_views  # noqa: E402
 
@@ -59,7 +60,8 @@ def cut_layer(backbone, phase: str) -> str | None:
     for i, layer in enumerate(layers):
         prefix = layer.name.split("_", 1)[0]
         following = layers[i + 1].name.split("_", 1)[0] if i + 1 < len(layers) else None
-        if prefix.startswith("block") and following != prefix:
+        # A block's last layer, or the stem's (top-blocks N = every block): no residual crosses either.
+        if following != prefix and (prefix.startswith("block") or (following or "").startswith("block")):
             boundaries.append(i)
     below = [i for i in boundaries if i < first]
     return layers[below[-1]].name if below else None
@@ -155,6 +157,9 @@ class CachedTop:
 
     def prepare(self, model, backbone, phase: str, data) -> None:
         cut = cut_layer(backbone, phase)
+        if cut is None:
+            raise ConfigError(f"--last-layers {self.config.last_layers} trains the stem too, so nothing is frozen "
+                              "to cache; pass fewer --last-layers, --no-prefix-cache, or --strategy full")
         prefix, self.top = split_model(model, backbone, cut, self.head_layers)
         self.num_classes = data.num_classes
         if self.stores:
