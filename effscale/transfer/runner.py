@@ -84,10 +84,9 @@ def precheck(config: TransferConfig):
 
     name, spec = resolve_network(config.variant)
     precheck_weights(config.weights, name, spec)
-    total = sum(stage.repeats for stage in spec.stages)
-    if config.strategy == "top-blocks" and config.blocks > total:
-        raise EffscaleError(f"--blocks {config.blocks} is more than {name}'s {total} MBConv blocks; pass --blocks "
-                            f"{total} or fewer (or --strategy full to train everything)")
+    if config.strategy == "top-blocks" and config.blocks > spec.total_blocks:
+        raise EffscaleError(f"--blocks {config.blocks} is more than {name}'s {spec.total_blocks} MBConv blocks; pass "
+                            f"--blocks {spec.total_blocks} or fewer (or --strategy full to train everything)")
 
 
 def default_run_dir(config: TransferConfig) -> Path:
