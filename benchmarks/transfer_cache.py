@@ -18,6 +18,13 @@ BatchNorm), same CIFAR-10 images, same batch size, same optimizer:
 The two epochs alternate ``--rounds`` times after one untimed warm-up each (tracing), so
 load from other processes on a shared CPU hits both alike; the ratio of each round is
 reported with the median and the range, in wall time and in process CPU time.
+
+Wall time is the epoch's, from ``on_epoch_begin`` to ``on_epoch_end``, not the ``fit``
+call's: after a ``PyDataset`` fit in the same process, destroying a ``tf.data`` iterator can
+wait seconds for tf.data's autotuning thread to wake (its period doubles from 10 ms, so the
+call ended at exactly 10.24 or 20.48 s), an idle wait once per ``fit`` call that a real run,
+with all its epochs in one call, pays once per phase. The call's extra wall time is
+reported as ``*_teardown_s``.
 Real CIFAR-10 from ../shared/data (EFFSCALE_SHARED_DATA) when present, synthetic otherwise.
 """
 
@@ -39,10 +46,21 @@ sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("EFFSCALE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
-def _timed(fn) -> tuple[float, float]:
+def _timed(fn) -> tuple[float, float, float]:
+    """(epoch wall, call CPU, call wall) of ``fn(callbacks)``, one ``fit`` call of one epoch."""
+    import keras
+
+    class EpochWall(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.begin = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds = time.perf_counter() - self.begin
+
+    timer = EpochWall()
     wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    fn([timer])
+    return getattr(timer, "seconds", time.perf_counter() - wall), time.process_time() - cpu, time.perf_counter() - wall
 
 
 def build(variant: str, image_size: int, blocks: int, images: int, batch_size: int,
@@ -111,7 +129,7 @@ def main(argv=None) -> dict:
         shape = tuple(int(d) for d in prefix.output.shape[1:])
         key = cache_key({"bench": True}, data.x_train, [])
         cache = ActivationCache(tmp, key, len(data.y_train), shape)
-        fill_wall, fill_cpu = _timed(lambda: cache.fill(
+        fill_wall, fill_cpu, _ = _timed(lambda callbacks: cache.fill(
             data.x_train, lambda x: prefix.predict(x.astype(np.float32), batch_size=128, verbose=0)))
         store = cache.load()
 
@@ -119,17 +137,17 @@ def main(argv=None) -> dict:
                                         num_classes=data.num_classes, training=True, augment=("flip",), seed=0,
                                         deterministic=True)
 
-        def uncached():
-            model.fit(uncached_batches, epochs=1, verbose=0, shuffle=False)
+        def uncached(callbacks=()):
+            model.fit(uncached_batches, epochs=1, verbose=0, shuffle=False, callbacks=list(callbacks))
 
         def cached_epoch(epoch: int) -> CachedEpochs:
             return CachedEpochs(store, data.y_train, data.num_classes, args.batch_size, 0, epoch, [0, 1])
 
-        def cached(epoch=[0]):  # noqa: B006 - a counter: each cached epoch draws its own order
+        def cached(callbacks=(), epoch=[0]):  # noqa: B006 - a counter: each cached epoch draws its own order
             epoch[0] += 1
-            top.fit(cached_epoch(epoch[0]), epochs=1, verbose=0, shuffle=False)
+            top.fit(cached_epoch(epoch[0]), epochs=1, verbose=0, shuffle=False, callbacks=list(callbacks))
 
-        def cached_loop(epoch=[1000]):  # noqa: B006 - a counter, as in cached()
+        def cached_loop(callbacks=(), epoch=[1000]):  # noqa: B006 - a counter, as in cached(); no fit, no epoch
             epoch[0] += 1
             batches = cached_epoch(epoch[0])
             for i in range(len(batches)):
@@ -145,7 +163,8 @@ def main(argv=None) -> dict:
             c = _timed(cached)
             rounds.append({"uncached_s": round(u[0], 3), "cached_s": round(c[0], 3), "ratio": round(c[0] / u[0], 4),
                            "uncached_cpu_s": round(u[1], 3), "cached_cpu_s": round(c[1], 3),
-                           "cpu_ratio": round(c[1] / u[1], 4)})
+                           "cpu_ratio": round(c[1] / u[1], 4),
+                           "uncached_teardown_s": round(u[2] - u[0], 3), "cached_teardown_s": round(c[2] - c[0], 3)})
             if args.loop:
                 loop = _timed(cached_loop)
                 rounds[-1] |= {"loop_s": round(loop[0], 3), "loop_cpu_s": round(loop[1], 3),
