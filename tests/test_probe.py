@@ -115,3 +115,11 @@ def test_a_grid_of_weak_penalties_is_extended_to_the_peak():
     assert probe.holdout[probe.l2] >= grid_best + 0.03 and probe.l2 >= 0.1
     strongest = max(probe.holdout)  # the last one tried did not beat the others
     assert probe.holdout[strongest] <= max(v for k, v in probe.holdout.items() if k != strongest)
+
+
+def test_signed_sqrt_keeps_the_sign_and_leaves_its_input_alone():
+    from effscale.transfer.probe import signed_sqrt
+
+    x = np.array([[4.0, -9.0, 0.0, 2.25]], np.float32)
+    np.testing.assert_array_equal(signed_sqrt(x), [[2.0, -3.0, 0.0, 1.5]])
+    np.testing.assert_array_equal(x, [[4.0, -9.0, 0.0, 2.25]])

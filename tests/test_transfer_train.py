@@ -307,3 +307,36 @@ def test_smoke_preset_learns(run_cli, tmp_path):
     confusion = np.array(metrics["confusion"])
     assert metrics["top1"] >= 0.3, metrics["top1"]
     assert (confusion.sum(axis=0) > 0).sum() >= 4  # predictions spread over several classes
+
+
+@pytest.mark.parametrize("probe_features", ["sqrt", "raw"])
+def test_the_saved_probe_model_reads_the_features_the_probe_was_fitted_on(tmp_path, probe_features):
+    """The L-BFGS probe fits numpy features; the model's graph must transform them the same
+    way, and a saved model must load and predict without effscale's code."""
+    import keras
+
+    from effscale.transfer.config import TransferConfig
+    from effscale.transfer.model import HEAD_LAYERS, build_transfer_model
+    from effscale.transfer.probe import fit_probe, signed_sqrt
+
+    config = TransferConfig(strategy="linear-probe", probe_features=probe_features, weights="none", dropout=0.0)
+    keras.utils.set_random_seed(0)
+    model, backbone = build_transfer_model(config, tiny_network(8), (32, 32, 3), 3, 32)
+    images = np.random.default_rng(0).integers(0, 256, (48, 32, 32, 3)).astype(np.float32)
+    pooled = backbone.predict(images, verbose=0)
+    assert pooled.min() < 0  # swish: negative features occur, so the sign matters
+    labels = np.arange(48) % 3
+    features = signed_sqrt(pooled) if probe_features == "sqrt" else pooled
+    probe = fit_probe(features, labels, 3, l2_grid=(1e-2,))
+    model.get_layer(HEAD_LAYERS[1]).set_weights([probe.kernel, probe.bias])
+    expected = probe.predict_proba(features)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
+    # The other transform gives other probabilities: the test can tell them apart.
+    other = pooled if probe_features == "sqrt" else signed_sqrt(pooled)
+    assert np.abs(probe.predict_proba(other) - expected).max() > 1e-3
+    model.save(tmp_path / "probe.keras")
+    code = (f"import keras, numpy as np; m = keras.models.load_model({str(tmp_path / 'probe.keras')!r}); "
+            f"np.save({str(tmp_path / 'p.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))")
+    np.save(tmp_path / "x.npy", images)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, capture_output=True)
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, atol=1e-5)

@@ -23,6 +23,9 @@ STRATEGIES = ("full", "top-blocks", "linear-probe", "last-layers")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("cosine", "constant", "exponential", "inverse-time")
 POOLINGS = ("avg", "max")
+# linear-probe: what the head reads from the pooled features. "sqrt" is their signed square root
+# (power normalisation): +0.67 points [+0.25, +1.08] (paired) on CIFAR-10 for Lite0 (docs/transfer.md).
+PROBE_FEATURES = ("sqrt", "raw")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 INPUT_CHECKS = ("error", "warn")
 # What runs the frozen prefix in the caching pass (effscale.transfer.prefix_runtime).
@@ -67,6 +70,7 @@ class TransferConfig:
     weights: str = "imagenet"  # imagenet | none | lite0-lite2 | path to a weights file
     image_size: int | None = None  # None: the variant's own resolution (224 for b0)
     pooling: str = "avg"
+    probe_features: str = "sqrt"  # linear-probe only: PROBE_FEATURES
     dropout: float = 0.2
     # data
     dataset: str = "cifar100"
@@ -207,6 +211,7 @@ class TransferConfig:
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("pooling", POOLINGS)
+        choice("probe_features", PROBE_FEATURES)
         choice("precision", PRECISIONS)
         choice("input_check", INPUT_CHECKS)
         choice("prefix_runtime", PREFIX_RUNTIMES)

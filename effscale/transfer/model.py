@@ -25,7 +25,7 @@ def build_transfer_model(config: TransferConfig, spec, native_shape, num_classes
 
     backbone = build_model(spec, include_top=False, pooling=config.pooling, image_size=image_size, name=BACKBONE)
     inputs, x = resizing_inputs(native_shape, image_size)
-    x = backbone(x)
+    x = head_features(backbone(x), config)
     x = keras.layers.Dropout(config.dropout, name=HEAD_LAYERS[0])(x)
     # Zero-initialised head (big_vision's head_zeroinit): the first loss is exactly ln(classes)
     # and the first updates cannot push large random logits back through a pretrained backbone.
@@ -44,3 +44,15 @@ def flat_layers(model) -> list:
             flat.append(layer)
     return flat
 
+
+
+def head_features(pooled, config: TransferConfig):
+    """What the head reads: for ``linear-probe`` with ``probe_features="sqrt"`` the signed square
+    root of each pooled feature (power normalisation: it evens out the few large activations
+    a linear model otherwise leans on), else the pooled features. Written as keras.ops in the
+    graph, so a saved model loads and exports without effscale; ``probe.signed_sqrt`` is the
+    numpy twin the L-BFGS probe fits on."""
+    if config.strategy != "linear-probe" or config.probe_features == "raw":
+        return pooled
+    ops = keras.ops
+    return ops.sqrt(ops.relu(pooled)) - ops.sqrt(ops.relu(-pooled))

@@ -67,8 +67,9 @@ def cut_layer(backbone, phase: str) -> str | None:
     return layers[below[-1]].name if below else None
 
 
-def split_model(model, backbone, cut: str, head_layers: tuple[str, str]):
-    """``(prefix, top)`` Keras models around ``cut``, sharing the layers of ``model``."""
+def split_model(model, backbone, cut: str, head_layers: tuple[str, str], features=lambda pooled: pooled):
+    """``(prefix, top)`` Keras models around ``cut``, sharing the layers of ``model``; ``features``
+    is what ``model`` applies between the backbone and its head (``model.head_features``)."""
     cut_tensor = backbone.get_layer(cut).output
     native = keras.Input(shape=model.input.shape[1:], name="images")
     x = native
@@ -79,6 +80,7 @@ def split_model(model, backbone, cut: str, head_layers: tuple[str, str]):
     y = top_in
     if cut != backbone.layers[-1].name:
         y = keras.Model(cut_tensor, backbone.output, name="top_blocks")(y)
+    y = features(y)
     for name in head_layers:
         y = model.get_layer(name)(y)
     return prefix, keras.Model(top_in, y, name="top")
@@ -160,7 +162,10 @@ class CachedTop:
         if cut is None:
             raise ConfigError(f"--last-layers {self.config.last_layers} trains the stem too, so nothing is frozen "
                               "to cache; pass fewer --last-layers, --no-prefix-cache, or --strategy full")
-        prefix, self.top = split_model(model, backbone, cut, self.head_layers)
+        from effscale.transfer.model import head_features
+
+        prefix, self.top = split_model(model, backbone, cut, self.head_layers,
+                                       functools.partial(head_features, config=self.config))
         self.num_classes = data.num_classes
         if self.stores:
             return
@@ -250,9 +255,13 @@ class CachedTop:
                 return
 
     def _fit_probe(self, model, start, callback) -> None:
-        from effscale.transfer.probe import fit_probe
+        from effscale.transfer.probe import fit_probe, signed_sqrt
 
-        train = np.asarray(self.stores["train"][self.train_views()], dtype=np.float32)
+        def features(views):  # as the model's head reads them (model.head_features)
+            views = np.asarray(views, dtype=np.float32)
+            return signed_sqrt(views) if self.config.probe_features == "sqrt" else views
+
+        train = features(self.stores["train"][self.train_views()])
         callback.set_model(self.top)
         callback.on_epoch_begin(start)
         probe = fit_probe(train, self.labels["train"], self.num_classes, seed=self.config.seed,
@@ -264,7 +273,7 @@ class CachedTop:
         self.ckpt.extra["probe"] = {"l2": probe.l2, "holdout_top1": {str(k): v for k, v in probe.holdout.items()},
                                     "iterations": probe.iterations}
         labels = self.labels["train"]
-        probs = probe.predict_proba(np.asarray(self.stores["train"][0], dtype=np.float32))
+        probs = probe.predict_proba(features(self.stores["train"][0]))
         picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
         top5 = np.argsort(-probs, axis=1)[:, : min(5, self.num_classes)]
         logs = {"loss": float(-np.log(picked).mean()), "accuracy": float((probs.argmax(1) == labels).mean()),

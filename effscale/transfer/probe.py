@@ -69,6 +69,15 @@ class Probe:
         return probs / len(views)
 
 
+def signed_sqrt(x: np.ndarray) -> np.ndarray:
+    """sign(x) * sqrt(|x|), elementwise: the power normalisation that
+    ``TransferConfig.probe_features="sqrt"`` applies before the fit; the model applies the same
+    in its graph (``effscale.transfer.model.head_features``). One new array, ``x`` untouched."""
+    out = np.abs(x)
+    np.sqrt(out, out=out)
+    return np.copysign(out, x, out=out)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     logits = logits - logits.max(axis=1, keepdims=True)
     np.exp(logits, out=logits)
