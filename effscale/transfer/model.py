@@ -45,7 +45,6 @@ def flat_layers(model) -> list:
     return flat
 
 
-
 def head_features(pooled, config: TransferConfig):
     """What the head reads: for ``linear-probe`` with ``probe_features="sqrt"`` the signed square
     root of each pooled feature (power normalisation: it evens out the few large activations
