@@ -89,6 +89,7 @@ def test_unknown_keys_and_bad_json(tmp_path):
     ({"crop_views": 1.5}, "crop-views must be a whole number"),
     ({"crop_views": 2, "prefix_cache": False}, "crop-views 2 are cached views, but --no-prefix-cache"),
     ({"prefix_cache": "no"}, "prefix-cache must be true or false, got 'no'"),
+    ({"probe_features": "cube"}, "probe-features must be one of sqrt, raw, got 'cube'"),
     ({"crop_views": 2, "strategy": "full"}, "crop-views 2 are cached views of a frozen prefix, but --strategy full"),
     ({"crop_views": 2, "strategy": "top-blocks", "augment": ("flip", "crop", "zoom")},
      "--augment flip,crop,zoom changes what the frozen prefix sees"),
