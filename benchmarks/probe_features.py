@@ -9,8 +9,8 @@ fitted exactly as ``effscale transfer`` fits them (``fit_probe``: the L2 sweep o
 held-out 10% of the training images, then the refit), one on the raw pooled features and
 one on their signed square root (``probe_features`` "raw" and "sqrt"). Printed: each
 probe's held-out sweep and validation top-1, and the paired difference with a bootstrap 95%
-interval over the validation images (2,000 resamples, seed 0), since both are scored on the
-same images. Pure numpy/scipy after the labels are loaded; no Keras model is built.
+interval over the validation images (``effscale.export.verify.paired_difference_ci``, as
+``effscale export --verify`` reports it), since both are scored on the same images. Pure numpy/scipy after the labels are loaded; no Keras model is built.
 """
 
 from __future__ import annotations
@@ -26,22 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def paired_interval(right_a: np.ndarray, right_b: np.ndarray, resamples: int = 2000,
-                    seed: int = 0) -> tuple[float, float, float]:
-    """Mean of (a right - b right) over images and its bootstrap 95% interval."""
-    diff = right_a.astype(np.float64) - right_b.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    boots = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)]
-    low, high = np.percentile(boots, [2.5, 97.5])
-    return float(diff.mean()), float(low), float(high)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args()
 
     from effscale.data.datasets import load_dataset
+    from effscale.export.verify import paired_difference_ci
     from effscale.transfer.probe import fit_probe, signed_sqrt
 
     config = json.loads((args.run_dir / "manifest.json").read_text())["config"]
@@ -58,7 +49,8 @@ def main() -> None:
         sweep = ", ".join(f"{l2:g}: {100 * acc:.2f}" for l2, acc in probe.holdout.items())
         print(f"{name}: validation top-1 {100 * right[name].mean():.2f}%, L2 {probe.l2:g} "
               f"(held-out top-1 by L2: {sweep})", flush=True)
-    mean, low, high = paired_interval(right["sqrt"], right["raw"])
+    mean = right["sqrt"].mean() - right["raw"].mean()
+    low, high = paired_difference_ci(right["sqrt"], right["raw"])
     print(f"sqrt - raw: {100 * mean:+.2f} points, paired bootstrap 95% CI [{100 * low:+.2f}, {100 * high:+.2f}] "
           f"over {len(data.y_val):,} images; only sqrt right {int((right['sqrt'] & ~right['raw']).sum())}, "
           f"only raw right {int((right['raw'] & ~right['sqrt']).sum())}")
