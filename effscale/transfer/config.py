@@ -166,6 +166,12 @@ class TransferConfig:
         return (self.prefix_cache and self.strategy in ("linear-probe", "top-blocks", "last-layers")
                 and set(self.augment) <= {"flip", "crop"})
 
+    @property
+    def sqrt_features(self) -> bool:
+        """The head reads the signed square root of the pooled features: the linear probe's
+        ``probe_features="sqrt"``; a trained top learns its own scaling."""
+        return self.strategy == "linear-probe" and self.probe_features == "sqrt"
+
     def phases(self) -> list[tuple[str, int, int]]:
         """``[(phase, first_epoch, end_epoch)]``; epochs are 0-based and global."""
         if self.strategy == "linear-probe" and self.cached_prefix:

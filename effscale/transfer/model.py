@@ -51,7 +51,7 @@ def head_features(pooled, config: TransferConfig):
     a linear model otherwise leans on), else the pooled features. Written as keras.ops in the
     graph, so a saved model loads and exports without effscale; ``probe.signed_sqrt`` is the
     numpy twin the L-BFGS probe fits on."""
-    if config.strategy != "linear-probe" or config.probe_features == "raw":
+    if not config.sqrt_features:
         return pooled
     ops = keras.ops
     return ops.sqrt(ops.relu(pooled)) - ops.sqrt(ops.relu(-pooled))

@@ -259,7 +259,7 @@ class CachedTop:
 
         def features(views):  # as the model's head reads them (model.head_features)
             views = np.asarray(views, dtype=np.float32)
-            return signed_sqrt(views) if self.config.probe_features == "sqrt" else views
+            return signed_sqrt(views) if self.config.sqrt_features else views
 
         train = features(self.stores["train"][self.train_views()])
         callback.set_model(self.top)
