@@ -2,6 +2,7 @@
 
     python benchmarks/transfer_top_floor.py                 # Lite0, 160 px, top-blocks 2, batch 64
     python benchmarks/transfer_top_floor.py --image-size 224
+    python benchmarks/transfer_top_floor.py --xla --rounds 3 --steps 3   # also both steps under XLA
 
 ``benchmarks/transfer_cache.py`` times whole epochs; this one times single training steps
 on one fixed batch (``train_on_batch``; every variant below is traced first, then all are
@@ -16,7 +17,9 @@ step by what it runs (TensorFlow backend, the default):
 * the depthwise convolutions alone: forward, and forward + kernel gradient;
 * ablations of the top, for accounting only (they change the model): frozen BatchNorm
   layers made identities, then the activations too; then, with both restored, the
-  depthwise kernels frozen.
+  depthwise kernels frozen;
+* with ``--xla``, both steps again compiled with ``jit_compile=True`` (Keras turns XLA off on
+  CPU-only machines; this measures what turning it on would give).
 
 It ends with the cached / uncached step ratio and two "what if" ratios: with BatchNorm and
 activations free (fused into the convolutions), and with each depthwise kernel gradient
@@ -94,6 +97,7 @@ def main(argv=None) -> dict:
     add_build_arguments(parser)
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
                         help="the Keras policy of both models (effscale transfer --precision)")
+    parser.add_argument("--xla", action="store_true", help="also time both steps compiled with jit_compile=True")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="timed calls per function and round")
     args = parser.parse_args(argv)
@@ -122,6 +126,10 @@ def main(argv=None) -> dict:
         return lambda: (setattr(model, "train_function", fn), model.train_on_batch(inputs, y))
 
     fns = {"uncached": train_fn(built.model, x), "cached": train_fn(built.top, act)}
+    if args.xla:  # before the ablations below, which recompile the top without it
+        for name, model, inputs in (("uncached", built.model, x), ("cached", built.top, act)):
+            model.jit_compile, model.train_function = True, None
+            fns[f"{name} xla"] = train_fn(model, inputs)
     for name, kinds in (("no BN", {"BatchNormalization"}), ("no BN, no act", {"BatchNormalization", "Activation"})):
         for layer in flat_layers(built.top):
             if type(layer).__name__ in kinds:
@@ -179,6 +187,12 @@ def main(argv=None) -> dict:
           f"the 1x1 matmuls alone: {result['matmul_floor_ratio']:.3f} "
           f"({macs / 1e9:.2f} G multiply-adds at {result['matmul_gmacs_per_s']:.0f} G/s)")
     print(f"the same matmuls in bfloat16 / float32: {result['matmuls_bfloat16_over_float32']:.3f}")
+    if args.xla:
+        xla = {name: ms[f"{name} xla"] for name in ("cached", "uncached")}
+        result["xla_step_ms"] = {k: round(v, 2) for k, v in xla.items()}
+        print(f"under XLA: cached {xla['cached']:.1f} ms ({xla['cached'] / step['cached']:.2f}x without), "
+              f"uncached {xla['uncached']:.1f} ms ({xla['uncached'] / step['uncached']:.2f}x without); "
+              f"cached under XLA / uncached without: {xla['cached'] / step['uncached']:.3f}")
     return result
 
 

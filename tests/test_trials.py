@@ -66,6 +66,15 @@ def test_search_runs_every_planned_trial_once(store):
     assert run_search(space, store, fake_trial).ran == 0
 
 
+def test_the_search_starts_each_rung_with_its_costliest_candidates(store):
+    space = SearchSpace.from_config(preset("smoke").replace(seeds=2))
+    run_search(space, store, fake_trial)
+    started = [record for record in store.lines() if record["status"] == "RUNNING"]
+    for rung in {r["rung"] for r in started}:
+        macs = [r["cost"]["macs"] for r in started if r["rung"] == rung]
+        assert macs == sorted(macs, reverse=True) and len(set(macs)) > 1
+
+
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(store):
     space = SearchSpace.from_config(preset("smoke"))
     victim = space.entries[0].id

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from effscale.console import describe
 from effscale.errors import ConfigError, TrialFailed
 from effscale.grid import checkpoints
-from effscale.grid.search import SearchSpace, TrialSpec, candidate_cost, next_candidates
+from effscale.grid.search import SearchSpace, TrialSpec, candidate_cost, longest_first, next_candidates
 from effscale.runs import utc_now
 from effscale.grid.trials import TrialRecord, TrialStatus, TrialStore, bind_trainer
 
@@ -330,6 +330,7 @@ def run_search(
                 if not any(r.get("status") == TrialStatus.RUNNING.value for r in outcome.trials.values()):
                     checkpoints.prune_states(run_path)  # nothing left to continue from
                 break
+            pending = longest_first(pending, lambda spec: cost_of(spec)["macs"], space.seed_major)
             executor.run(pending, run_trial, start, finish)
     finally:
         outcome.trials = store.latest()

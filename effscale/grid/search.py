@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -318,6 +318,18 @@ def rung_entries(space: SearchSpace, trials: Mapping[str, Mapping]) -> list[list
             break
         rungs.append(entries)
     return rungs
+
+
+def longest_first(specs: list[TrialSpec], macs_of: Callable[[TrialSpec], float],
+                  seed_major: bool = False) -> list[TrialSpec]:
+    """``specs`` in dispatch order, the costliest candidates first (longest processing time
+    first): the cheap trials then fill the gaps at the end of a rung, instead of one long
+    trial running alone while the other workers wait for the rung's cut. Every trial of a
+    batch trains the same epochs, so its candidate's multiply-adds rank its time (measured
+    on the default search: correlation 0.83 at rung 0; docs/grid.md, "Dispatch order").
+    Stable, so a candidate's seeds stay together and in order; a seed-major batch keeps its
+    seed blocks (every row's seed k before any row's k+1) and sorts within each."""
+    return sorted(specs, key=lambda spec: (spec.seed if seed_major else 0, -macs_of(spec)))
 
 
 def next_candidates(space: SearchSpace, trials: Mapping[str, Mapping], retry: Iterable[str] = ()) -> list[TrialSpec]:
