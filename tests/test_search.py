@@ -227,13 +227,6 @@ def test_longest_first_dispatches_the_costliest_candidate_first_and_keeps_its_se
     assert sorted(map(id, given)) == sorted(map(id, longest_first(given, lambda s: MACS[s.candidate.id])))
 
 
-def test_longest_first_keeps_seed_blocks_of_a_seed_major_batch():
-    given = _specs([(name, seed) for seed in range(2) for name in MACS])
-    order = [(s.candidate.id, s.seed) for s in longest_first(given, lambda s: MACS[s.candidate.id], seed_major=True)]
-    assert order == [("a1.00-b1.00-g1.40", 0), ("a2.00-b1.00-g1.00", 0), ("a1.00-b1.40-g1.00", 0),
-                     ("a1.00-b1.00-g1.40", 1), ("a2.00-b1.00-g1.00", 1), ("a1.00-b1.40-g1.00", 1)]
-
-
 def test_longest_first_shortens_the_default_search_last_rung_on_two_workers():
     """What it is for, on data from a real run (the default search on CIFAR-10, 2026-12-06,
     docs/grid.md "Dispatch order"): each finalist's measured multiply-adds and the seconds

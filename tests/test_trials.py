@@ -75,6 +75,15 @@ def test_the_search_starts_each_rung_with_its_costliest_candidates(store):
         assert macs == sorted(macs, reverse=True) and len(set(macs)) > 1
 
 
+def test_a_seed_major_batch_keeps_its_order(store):
+    """The scale-up check's batch: every row's seed 0, in the rows' order, before any seed 1."""
+    config = preset("smoke").replace(seeds=2, schedule="full")
+    space = SearchSpace(config, SearchSpace.from_config(config).entries, seed_major=True)
+    run_search(space, store, fake_trial)
+    started = [(r["candidate"]["id"], r["seed"]) for r in store.lines() if r["status"] == "RUNNING"]
+    assert started == [(entry.id, seed) for seed in (0, 1) for entry in space.entries]
+
+
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(store):
     space = SearchSpace.from_config(preset("smoke"))
     victim = space.entries[0].id

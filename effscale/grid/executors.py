@@ -330,7 +330,8 @@ def run_search(
                 if not any(r.get("status") == TrialStatus.RUNNING.value for r in outcome.trials.values()):
                     checkpoints.prune_states(run_path)  # nothing left to continue from
                 break
-            pending = longest_first(pending, lambda spec: cost_of(spec)["macs"], space.seed_major)
+            if not space.seed_major:  # the scale-up check keeps its seed-by-seed order
+                pending = longest_first(pending, lambda spec: cost_of(spec)["macs"])
             executor.run(pending, run_trial, start, finish)
     finally:
         outcome.trials = store.latest()

@@ -320,16 +320,14 @@ def rung_entries(space: SearchSpace, trials: Mapping[str, Mapping]) -> list[list
     return rungs
 
 
-def longest_first(specs: list[TrialSpec], macs_of: Callable[[TrialSpec], float],
-                  seed_major: bool = False) -> list[TrialSpec]:
+def longest_first(specs: list[TrialSpec], macs_of: Callable[[TrialSpec], float]) -> list[TrialSpec]:
     """``specs`` in dispatch order, the costliest candidates first (longest processing time
     first): the cheap trials then fill the gaps at the end of a rung, instead of one long
     trial running alone while the other workers wait for the rung's cut. Every trial of a
-    batch trains the same epochs, so its candidate's multiply-adds rank its time (measured
+    rung trains the same epochs, so its candidate's multiply-adds rank its time (measured
     on the default search: correlation 0.83 at rung 0; docs/grid.md, "Dispatch order").
-    Stable, so a candidate's seeds stay together and in order; a seed-major batch keeps its
-    seed blocks (every row's seed k before any row's k+1) and sorts within each."""
-    return sorted(specs, key=lambda spec: (spec.seed if seed_major else 0, -macs_of(spec)))
+    Stable, so a candidate's seeds stay together and in order."""
+    return sorted(specs, key=lambda spec: -macs_of(spec))
 
 
 def next_candidates(space: SearchSpace, trials: Mapping[str, Mapping], retry: Iterable[str] = ()) -> list[TrialSpec]:
