@@ -88,6 +88,21 @@ def test_results_are_reproducible():
     assert stats.compare(rows) == stats.compare(rows)
 
 
+def test_the_order_of_the_rows_changes_no_interval_and_no_verdict():
+    """The trial log's order depends on which worker finished first; the report must not.
+    Three seeds per row, so each row's seed draws matter; two rows tied to the last digit
+    (same correctness, same MACs), so only their names can break the tie."""
+    twin = np.stack([_mask(0.55), _mask(0.50), _mask(0.60)])
+    rows = [_row("c", np.stack([_mask(0.50), _mask(0.45), _mask(0.55)]), macs=3.0),
+            _row("b", twin, macs=2.0), _row("a", twin.copy(), macs=2.0),
+            _row("d", np.stack([_mask(0.40), _mask(0.42), _mask(0.38)]), macs=1.0)]
+    forward, backward = stats.compare(rows), stats.compare(rows[::-1])
+    assert forward == backward
+    assert forward["a"]["leader"] == "a"  # a and b are equal: the name decides, not the order
+    verdicts = [stats.verdict(order, stats.compare(order)) for order in (rows, rows[::-1])]
+    assert verdicts[0] == verdicts[1] and verdicts[0]["chosen"] == "a"
+
+
 def _write_run(tmp_path, accuracies: dict[str, list[float]]):
     """A finished smoke-config run dir whose last rung holds these rows, with predictions."""
     config = preset("smoke").replace(dataset="synthetic")

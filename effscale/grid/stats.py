@@ -8,7 +8,9 @@ them alike and drops out of the difference. The binomial error of one accuracy (
 points on 1,000 images) overstates the noise of a paired difference and understates the
 spread between seeds; this module measures both.
 
-**The bootstrap** (two-stage, fixed seed so a report is reproducible):
+**The bootstrap** (two-stage, fixed seed so a report is reproducible; each row draws its
+seeds from its own stream, keyed by its name, so the same trials give the same intervals
+whatever order the trial log holds them in):
 
 * each replicate draws the validation images with replacement, the same draw for every
   row (the pairing), and, for a row trained with k seeds, draws k of its seeds with
@@ -41,6 +43,7 @@ Pure numpy; no Keras.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 import numpy as np
@@ -101,7 +104,10 @@ def _image_weights(rng: np.random.Generator, n: int, replicates: int) -> np.ndar
 def bootstrap_accuracies(samples: Sequence[RowSample], replicates: int = BOOTSTRAP_REPLICATES,
                          seed: int = BOOTSTRAP_SEED) -> np.ndarray:
     """rows x replicates accuracies under the two-stage bootstrap (rows need ``correct``)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the images' draws: shared by every row
+    # Each row draws its seeds from a stream of its own, keyed by its name, so that no
+    # row's intervals depend on which rows come before it (the trial log's order).
+    seed_rngs = [np.random.default_rng([seed, zlib.crc32(s.key.encode())]) for s in samples]
     n = samples[0].correct.shape[1]
     out = np.empty((len(samples), replicates))
     chunk = max(1, min(replicates, 2_000_000 // max(n, 1)))
@@ -114,7 +120,7 @@ def bootstrap_accuracies(samples: Sequence[RowSample], replicates: int = BOOTSTR
             if k == 1:
                 out[i, start:start + b] = per_seed[0]
             else:
-                pick = rng.integers(0, k, size=(b, k))
+                pick = seed_rngs[i].integers(0, k, size=(b, k))
                 out[i, start:start + b] = per_seed[pick, np.arange(b)[:, None]].mean(axis=1)
     return out
 
@@ -133,7 +139,7 @@ def compare(samples: Sequence[RowSample], replicates: int = BOOTSTRAP_REPLICATES
     if not samples:
         return {}
     lo_q, hi_q = 100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2
-    leader = max(samples, key=lambda s: (s.accuracy, -s.macs))
+    leader = min(samples, key=lambda s: (-s.accuracy, s.macs, s.key))  # the name last: order-free
     paired = [s for s in samples if s.correct is not None]
     same_n = paired and len({s.correct.shape[1] for s in paired}) == 1
     boot = {}
@@ -185,7 +191,7 @@ def verdict(samples: Sequence[RowSample], results: Mapping[str, dict], rung: int
         return {}
     by_key = {s.key: s for s in samples}
     leader = next(iter(results.values()))["leader"]
-    ties = sorted((k for k, r in results.items() if r["tied"]), key=lambda k: -results[k]["acc"])
+    ties = sorted((k for k, r in results.items() if r["tied"]), key=lambda k: (-results[k]["acc"], k))
     where = f" at rung {rung}" if rung is not None else ""
     if len(ties) == 1:
         chosen = leader
@@ -199,7 +205,7 @@ def verdict(samples: Sequence[RowSample], results: Mapping[str, dict], rung: int
             sentence = f"{leader} is the only row{where}; nothing to compare it with."
         rule = "the only row not tied: highest accuracy"
     else:
-        chosen = min(ties, key=lambda k: (by_key[k].macs, -results[k]["acc"]))
+        chosen = min(ties, key=lambda k: (by_key[k].macs, -results[k]["acc"], k))
         sentence = (f"{len(ties)} rows are statistically tied{where}: {', '.join(ties)}; "
                     f"chose {chosen} by {CHOICE_RULE}.")
         rule = CHOICE_RULE
