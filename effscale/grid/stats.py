@@ -197,7 +197,7 @@ def verdict(samples: Sequence[RowSample], results: Mapping[str, dict], rung: int
         chosen = leader
         others = [k for k in results if k != leader]
         if others:
-            closest = min(others, key=lambda k: results[k]["diff"])
+            closest = min(others, key=lambda k: (results[k]["diff"], k))
             r = results[closest]
             sentence = (f"{leader} beats every other row{where} (smallest margin {100 * r['diff']:.1f} points, "
                         f"95% CI [{100 * r['diff_lo']:.1f}, {100 * r['diff_hi']:.1f}], against {closest}).")
