@@ -17,23 +17,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-from effscale.grid.config import GridConfig
+from effscale.grid.run import stored_config
 from effscale.grid.search import Candidate, proxy_network
+from effscale.grid.stats import load_labels
+from effscale.grid.trials import TrialStatus, TrialStore
 from effscale.net.cost import network_activations
+from effscale.runs import RunDir
 
 
-def _complete(path: Path) -> list[dict]:
-    latest = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        latest[record["trial_id"]] = record
-    return [r for r in latest.values() if r["status"] == "COMPLETE"]
+def _complete(run: RunDir) -> list[dict]:
+    return [r for r in TrialStore(run).latest().values() if r["status"] == TrialStatus.COMPLETE]
 
 
 def _span(records: list[dict]) -> float:
@@ -77,13 +75,14 @@ def main(argv=None) -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    config = GridConfig.from_dict(json.loads((args.run_dir / "manifest.json").read_text())["config"])
-    batches = [(f"rung {rung}", [r for r in _complete(args.run_dir / "trials.jsonl") if r["rung"] == rung], False)
+    config = stored_config(args.run_dir)
+    run, check = RunDir(args.run_dir), RunDir(args.run_dir / "confirm")
+    batches = [(f"rung {rung}", [r for r in _complete(run) if r["rung"] == rung], False)
                for rung in range(config.n_rungs)]
-    if (args.run_dir / "confirm" / "trials.jsonl").is_file():
-        batches.append(("scale-up check", _complete(args.run_dir / "confirm" / "trials.jsonl"), True))
-    labels = args.run_dir / "val_labels.npy"
-    num_classes = int(np.load(labels).max()) + 1 if labels.is_file() else 100
+    if check.path.joinpath("trials.jsonl").is_file():
+        batches.append(("scale-up check", _complete(check), True))
+    labels = load_labels(run)
+    num_classes = int(labels.max()) + 1 if labels is not None else 100
     cost = {}
     for _, records, _ in batches:
         for r in records:
