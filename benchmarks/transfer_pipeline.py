@@ -210,7 +210,7 @@ def probe(n=2048, n_val=512, image_size=64, epochs=5) -> dict:
         for label, strategy in (("probe_cold", "linear-probe"), ("frozen", "last-layers"), ("probe_warm", "linear-probe")):
             config = resolve_transfer_config(weights="none", strategy=strategy, last_layers=2, image_size=image_size,
                                              epochs=epochs, batch_size=64, augment=(), schedule="constant",
-                                             cache_dir=str(Path(cache) / "datasets"))
+                                             cache_dir=cache)
             with tempfile.TemporaryDirectory() as tmp:
                 run = RunDir(Path(tmp))
                 t = time.perf_counter()

@@ -49,7 +49,7 @@ def tiny(tmp_path) -> Path:
 
 def base_args(tiny: Path, run_dir: Path, *extra: str) -> list[str]:
     return ["transfer", "--preset", "smoke", "--variant", str(tiny), "--run-dir", str(run_dir), "--no-progress",
-            "--limit-train", "192", "--limit-val", "64", "--cache-dir", str(run_dir.parent / "cache" / "datasets"),
+            "--limit-train", "192", "--limit-val", "64", "--cache-dir", str(run_dir.parent / "cache"),
             *extra]
 
 
@@ -214,7 +214,9 @@ def test_linear_probe_trains_only_the_head_on_cached_features(run_cli, tiny, tmp
     state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
     feats = np.load(Path(state["extra"]["activations_train"]) / "activations.npy")
     assert feats.shape == (2, 192, 32)  # image and flip
+    # Inside the --cache-dir named, with the decoded dataset: nothing is written beside it.
     assert Path(state["extra"]["activations_train"]).parent == tmp_path / "cache" / "activations"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "pre.weights.h5", "run", "tiny.json"]
     # The probe is one L-BFGS fit (its L2 tuned on held-out training images), not epochs.
     assert state["epoch"] == 1 and state["extra"]["probe"]["l2"] > 0
     # A second run of the same backbone on the same images (another head) reuses them.

