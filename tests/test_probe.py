@@ -123,3 +123,23 @@ def test_signed_sqrt_keeps_the_sign_and_leaves_its_input_alone():
     x = np.array([[4.0, -9.0, 0.0, 2.25]], np.float32)
     np.testing.assert_array_equal(signed_sqrt(x), [[2.0, -3.0, 0.0, 1.5]])
     np.testing.assert_array_equal(x, [[4.0, -9.0, 0.0, 2.25]])
+
+
+def test_the_refit_reaches_the_tight_optimum_whatever_the_sweeps_looser_stop():
+    """The sweep's fits stop early (SWEEP_FTOL, to rank strengths); the final refit does not,
+    so the kernel it returns is a cold tight fit's at the chosen strength."""
+    from effscale.transfer.probe import MAX_ITER, SWEEP_FTOL, _fit
+
+    rng = np.random.default_rng(5)
+    x, y = _blobs(1500, d=80, noise=4.0, seed=5)
+    y = np.where(rng.random(len(y)) < 0.2, rng.integers(0, 4, len(y)), y)
+    scaled = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    _, loose_loss, loose_steps = _fit(scaled, y, 4, 1e-4, None, MAX_ITER, SWEEP_FTOL)
+    tight, tight_loss, tight_steps = _fit(scaled, y, 4, 1e-4, None, MAX_ITER)
+    assert loose_steps < tight_steps and 0 <= loose_loss - tight_loss < 1e-3 * tight_loss
+
+    probe = fit_probe(x[None], y, 4, l2_grid=(1e-2, 1e-3, 1e-4), seed=0)
+    cold, _, _ = _fit(scaled, y, 4, probe.l2, None, MAX_ITER)
+    std = x.std(0) + 1e-6
+    kernel = cold[: 80 * 4].reshape(80, 4) / std[:, None]
+    np.testing.assert_allclose(probe.kernel, kernel, atol=2e-3 * np.abs(kernel).max())
