@@ -26,21 +26,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def load_probe_run(run_dir: Path):
+    """A finished probe run's config, cached (train, val) activations (memory-mapped) and
+    its dataset, loaded again for the labels."""
+    from effscale.data.datasets import load_dataset
+
+    config = json.loads((run_dir / "manifest.json").read_text())["config"]
+    extra = json.loads((run_dir / "checkpoints" / "state.json").read_text())["extra"]
+    train = np.load(Path(extra["activations_train"]) / "activations.npy", mmap_mode="r")
+    val = np.load(Path(extra["activations_val"]) / "activations.npy", mmap_mode="r")
+    data = load_dataset(config["dataset"], data_dir=config["data_dir"], cache_dir=config["cache_dir"],
+                        limit_train=config["limit_train"], limit_val=config["limit_val"], seed=config["seed"])
+    return config, train, val, data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args()
 
-    from effscale.data.datasets import load_dataset
     from effscale.export.verify import paired_difference_ci
     from effscale.transfer.probe import fit_probe, signed_sqrt
 
-    config = json.loads((args.run_dir / "manifest.json").read_text())["config"]
-    extra = json.loads((args.run_dir / "checkpoints" / "state.json").read_text())["extra"]
-    train = np.load(Path(extra["activations_train"]) / "activations.npy", mmap_mode="r")
-    val = np.load(Path(extra["activations_val"]) / "activations.npy", mmap_mode="r")
-    data = load_dataset(config["dataset"], data_dir=config["data_dir"], cache_dir=config["cache_dir"],
-                        limit_train=config["limit_train"], limit_val=config["limit_val"], seed=config["seed"])
+    config, train, val, data = load_probe_run(args.run_dir)
     classes = data.num_classes
     right = {}
     for name, transform in (("raw", lambda x: x), ("sqrt", signed_sqrt)):

@@ -262,8 +262,9 @@ def predict(model, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, dict]:
 
 
 def score_model(loaded: LoadedModel, images: EvalImages, label_map: LabelMap | None = None,
-                batch_size: int = 32, resize: str = "plain") -> dict:
-    """Score a loaded model on loaded images: summary, per-class rows, predictions."""
+                batch_size: int = 32, resize: str = "plain", flip: bool = False) -> dict:
+    """Score a loaded model on loaded images: summary, per-class rows, predictions. ``flip``
+    averages each image's probabilities with its mirror image's, as a cached transfer run scores."""
     num_outputs = int(loaded.model.output_shape[-1])
     targets = target_indices(images, num_outputs, label_map, loaded.class_names)
     size = loaded.input_size
@@ -274,6 +275,8 @@ def score_model(loaded: LoadedModel, images: EvalImages, label_map: LabelMap | N
 
     check_input_range(x[:batch_size].astype(np.float32), pretrained=True)
     probs, timing = predict(loaded.model, x, batch_size)
+    if flip:
+        probs = (probs + predict(loaded.model, x[:, :, ::-1], batch_size)[0]) / 2
     labels = targets[images.y]
     scores = score(probs, labels, k=min(5, num_outputs))
     names = label_map.names if label_map else {}
@@ -305,6 +308,7 @@ def score_model(loaded: LoadedModel, images: EvalImages, label_map: LabelMap | N
         "outputs": num_outputs,
         "input_size": size if size is not None else int(x.shape[1]),
         "resize": resize if size is not None else "none",
+        "views": "image+flip" if flip else "image",
         "label_map": label_map.source if label_map else None,
         "top1": scores["top1"],
         "top5": scores["top5"],
@@ -330,7 +334,7 @@ DEFAULT_BATCH_SIZE = 32  # images per predict step: what the throughput figures 
 def evaluate(dataset: str, *, variant: str | None = None, weights: str | None = None, model=None,
              split: str | None = None, label_map: str | None = None, resize: str = "plain",
              image_size: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None,
-             data_dir=None, cache_dir=None, output_dir=None) -> dict:
+             data_dir=None, cache_dir=None, output_dir=None, flip: bool = False) -> dict:
     """Everything ``effscale evaluate`` does: score ``variant`` + ``weights``, or a saved
     ``model`` (a ``.keras`` file or a transfer run directory), on ``dataset``.
 
@@ -359,7 +363,7 @@ def evaluate(dataset: str, *, variant: str | None = None, weights: str | None = 
     else:
         loaded = model_from_file(model)
     console.info(f"scoring {loaded.description} on {len(images.y):,} {images.split} images of {images.name} ...")
-    result = score_model(loaded, images, labels, batch_size=batch_size, resize=resize)
+    result = score_model(loaded, images, labels, batch_size=batch_size, resize=resize, flip=flip)
     if output_dir is not None:
         write_outputs(Path(output_dir), result)
         console.info(f"wrote {Path(output_dir) / 'evaluation.json'}, per_class.csv, predictions.csv")
@@ -370,10 +374,10 @@ def write_outputs(folder: Path, result: dict) -> None:
     import csv
     import io
 
+    from effscale.console import to_frame
     from effscale.fsutil import atomic_write_json, atomic_write_text
 
     atomic_write_json(folder / "evaluation.json", {"summary": result["summary"], "per_class": result["per_class"]})
-    from effscale.console import to_frame
 
     atomic_write_text(folder / "per_class.csv", to_frame(result["per_class"]).to_csv(index=False))
     buffer = io.StringIO()

@@ -218,6 +218,41 @@ def test_saved_keras_model_is_scored_with_its_class_names(run_cli, tmp_path):
     assert {r["class"]: r["model_index"] for r in result["per_class"]} == {"bright": 1, "dark": 0}
 
 
+def test_flip_averages_each_image_with_its_mirror(run_cli, tmp_path):
+    """A model that reads left against right: on the images alone it is always right; with
+    --flip every image is averaged with its mirror, which says the opposite a little more
+    loudly for class 0 (the bias), so every image is called class 1 and top-1 halves."""
+    import keras
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for cls, (left, right) in (("left", (250, 5)), ("right", (5, 250))):
+        (root / "val" / cls).mkdir(parents=True)
+        for i in range(3):
+            image = np.full((32, 32, 3), right, np.uint8)
+            image[:, :16] = left
+            Image.fromarray(image).save(root / "val" / cls / f"{i}.png")
+    inputs = keras.Input((32, 32, 3))
+    dense = keras.layers.Dense(2, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    sign = np.ones((32, 32, 3), np.float32)
+    sign[:, 16:] = -1  # mean(sign * x) = +-122.5 for the two classes
+    column = (10 / 122.5) * sign.reshape(-1, 1) / sign.size / 2
+    dense.set_weights([np.hstack([column, -column]), np.array([-0.5, 0.5], np.float32)])  # z0 - z1 = +-10 - 1
+    model.save(tmp_path / "lr.keras")
+    common = ("evaluate", "--model", str(tmp_path / "lr.keras"), "--dataset", str(root), "--format", "json",
+              "--cache-dir", str(tmp_path / "cache"))
+    code, out, err = run_cli(*common)
+    assert code == 0, err
+    alone = json.loads(out)["summary"]
+    code, out, err = run_cli(*common, "--flip")
+    assert code == 0, err
+    flipped = json.loads(out)
+    assert (alone["top1"], alone["views"]) == (1.0, "image")
+    assert (flipped["summary"]["top1"], flipped["summary"]["views"]) == (0.5, "image+flip")
+    assert {r["class"]: r["top1"] for r in flipped["per_class"]} == {"left": 0.0, "right": 1.0}
+
+
 @pytest.mark.parametrize("value", ["1e30", "99999999999999999999999", "nan", "inf", "-1", "0"])
 @pytest.mark.parametrize("option", ["--image-size", "--batch-size", "--limit"])
 def test_cli_numeric_options_fail_in_one_line(run_cli, tmp_path, option, value):

@@ -20,6 +20,7 @@ SUMMARY_COLUMNS = [
     Column("images", "images", fmt_int),
     Column("input_size", "input"),
     Column("resize", "resize", justify="left"),
+    Column("views", "scored on", justify="left"),
     Column("top1", "top-1", fmt_pct),
     Column("top5", "top-5", fmt_pct),
     Column("mean_class_top1", "mean class top-1", fmt_pct),
@@ -54,6 +55,8 @@ PER_CLASS_COLUMNS = [
               help="Build --variant at this resolution  [default: its own].")
 @click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH), default=32, show_default=True,
               help="Images per predict step.")
+@click.option("--flip", is_flag=True, help="Average each image's probabilities with its mirror image's, as a "
+              "transfer run on a cached prefix scores its validation images (twice the inference).")
 @click.option("--limit", type=click.IntRange(min=1), help="Score a seeded random subset of this many images.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder with the original CIFAR archive (offline).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Where decoded image folders are cached.")
@@ -61,7 +64,7 @@ PER_CLASS_COLUMNS = [
               help="Also write evaluation.json, per_class.csv and predictions.csv into this folder.")
 @click.option("--format", "fmt", type=click.Choice(console.FORMATS), default="table", show_default=True,
               help="table: summary + per-class tables; json: everything; csv/markdown: the per-class table.")
-def evaluate(variant, weights, model_path, dataset, split, label_map, resize, image_size, batch_size, limit,
+def evaluate(variant, weights, model_path, dataset, split, label_map, resize, image_size, batch_size, flip, limit,
              data_dir, cache_dir, output_dir, fmt):
     """Score a model on labelled images: top-1, top-5, per-class accuracy, throughput.
 
@@ -81,7 +84,7 @@ def evaluate(variant, weights, model_path, dataset, split, label_map, resize, im
 
     result = run_evaluation(dataset, variant=variant, weights=weights, model=model_path, split=split,
                             label_map=label_map, resize=resize, image_size=image_size, batch_size=batch_size,
-                            limit=limit, data_dir=data_dir, cache_dir=cache_dir, output_dir=output_dir)
+                            limit=limit, data_dir=data_dir, cache_dir=cache_dir, output_dir=output_dir, flip=flip)
     summary, per_class = result["summary"], result["per_class"]
     if fmt == "table":
         console.emit([summary], SUMMARY_COLUMNS, "table", title="Evaluation",

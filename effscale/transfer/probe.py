@@ -132,12 +132,13 @@ def _rows(views: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def fit_probe(views: np.ndarray, labels: np.ndarray, num_classes: int, *, l2_grid: Sequence[float] = L2_GRID,
               holdout: float = HOLDOUT, seed: int = 0, max_iter: int = MAX_ITER,
-              log: Callable[[str], None] | None = None) -> Probe:
+              sweep_ftol: float | None = SWEEP_FTOL, log: Callable[[str], None] | None = None) -> Probe:
     """Tune L2 on a held-out slice of the training images, then refit on all of them.
 
     ``views``: (views, images, features) training features (e.g. image and flip);
     ``labels``: (images,) int class ids. Held-out images are left out with all their views,
     and scored with the flip-averaged probabilities, exactly as the final model is scored.
+    ``sweep_ftol``: where the sweep's fits stop (None: as tight as the refit's).
     """
     views = np.asarray(views)
     if views.ndim == 2:
@@ -167,7 +168,7 @@ def fit_probe(views: np.ndarray, labels: np.ndarray, num_classes: int, *, l2_gri
             return float((probe.predict_proba(scaled[:, hold]).argmax(axis=1) == labels[hold]).mean())
 
         for l2 in l2_grid:
-            start, _, nit = _fit(x_fit, y_fit, num_classes, float(l2), start, max_iter, SWEEP_FTOL)
+            start, _, nit = _fit(x_fit, y_fit, num_classes, float(l2), start, max_iter, sweep_ftol)
             acc = held_out(start, float(l2))
             if not scores or acc > max(scores.values()):
                 best_start = start
@@ -179,7 +180,7 @@ def fit_probe(views: np.ndarray, labels: np.ndarray, num_classes: int, *, l2_gri
         # The best was the strongest penalty of the grid: look past it (cold starts, as the
         # stronger fits are near the uniform head anyway).
         while (l2 := stronger_l2(scores)) is not None:
-            fitted, _, nit = _fit(x_fit, y_fit, num_classes, l2, None, max_iter, SWEEP_FTOL)
+            fitted, _, nit = _fit(x_fit, y_fit, num_classes, l2, None, max_iter, sweep_ftol)
             acc = held_out(fitted, l2)
             if acc >= max(scores.values()):
                 best_start = fitted

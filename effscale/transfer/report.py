@@ -35,6 +35,7 @@ SUMMARY_COLUMNS = [
     Column("best_epoch", "best"),
     Column("top1", "top-1", fmt_pct),
     Column("top5", "top-5", fmt_pct),
+    Column("val_views", "scored on", justify="left"),
     Column("loss", "val loss", fmt_float(4)),
     Column("train_images_per_s", "train img/s", fmt_float(1)),
     Column("wall_time_s", "wall s", fmt_float(1)),
@@ -115,6 +116,7 @@ def summary_record(manifest: dict, metrics: dict | None, state: dict | None) -> 
         "best_epoch": metrics.get("best_epoch", state.get("best_epoch")),
         "top1": metrics.get("top1"),
         "top5": metrics.get("top5"),
+        "val_views": metrics.get("val_views"),  # "image", or "image+flip" averaged
         "loss": metrics.get("loss"),
         "train_images_per_s": metrics.get("train_images_per_s"),
         "wall_time_s": metrics.get("wall_time_s", state.get("wall_time_s")),

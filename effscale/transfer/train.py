@@ -220,6 +220,8 @@ def _transfer(config: TransferConfig, run: RunDir, progress: bool, data) -> dict
         else:
             probs = model.predict(val_batches, verbose=0)
         metrics.update(evaluate_predictions(probs, data.y_val, num_classes))
+        # What was scored: a cached top averages each image's prediction with its flip's.
+        metrics["val_views"] = "+".join(cached.view_names("val")) if cached is not None else "image"
     else:
         metrics.update({"top1": None, "top5": None, "loss": None, "confusion": None})
     if ckpt.status == RunStatus.NAN:
