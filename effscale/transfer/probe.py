@@ -25,7 +25,7 @@ HOLDOUT = 0.1
 MAX_ITER = 300
 # The sweep only ranks strengths, so its fits stop at a looser relative loss decrease than
 # the refit's (scipy's default, 2.2e-9). Measured on Lite0's and Lite2's 160-px CIFAR-10
-# features and Lite0's Imagenette ones: 0.52x, 0.51x and 0.58x of the tight sweep's time,
+# features and Lite0's Imagenette ones: 0.55x, 0.53x and 0.63x of the tight sweep's time,
 # the same L2 chosen, held-out top-1 within three images; 1e-5 was faster but moved a
 # held-out score by two images and chose another L2 on Imagenette (docs/transfer.md).
 SWEEP_FTOL = 1e-6
