@@ -45,8 +45,19 @@ class ImageDataset:
         }
 
 
+CACHE_ENV = "EFFSCALE_DATA_CACHE"
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("EFFSCALE_DATA_CACHE") or Path.home() / ".cache" / "effscale" / "datasets")
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "effscale" / "datasets")
+
+
+def activation_cache_dir(cache_dir=None) -> Path:
+    """Where transfer caches its frozen prefix's activations. A cache directory the user
+    names (``cache_dir``, else EFFSCALE_DATA_CACHE) holds them in ``activations/``, so nothing
+    is written beside it; by default they sit next to the decoded datasets."""
+    named = cache_dir or os.environ.get(CACHE_ENV)
+    return Path(named).expanduser() / "activations" if named else default_cache_dir().parent / "activations"
 
 
 def check_classes(dataset: ImageDataset) -> ImageDataset:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 
 from effscale.backend import set_defaults
@@ -151,15 +150,9 @@ class CachedTop:
 
     # -- the caching pass ---------------------------------------------------------------
     def _cache_root(self):
-        from pathlib import Path
+        from effscale.data.records import activation_cache_dir
 
-        from effscale.data.datasets import default_cache_dir
-
-        # A cache directory the user names (--cache-dir, EFFSCALE_DATA_CACHE) holds all that
-        # effscale caches, so nothing is written beside it; the default keeps the activations
-        # next to the decoded datasets, in ~/.cache/effscale/activations.
-        named = self.config.cache_dir or os.environ.get("EFFSCALE_DATA_CACHE")
-        return Path(named).expanduser() / "activations" if named else default_cache_dir().parent / "activations"
+        return activation_cache_dir(self.config.cache_dir)
 
     def prepare(self, model, backbone, phase: str, data) -> None:
         cut = cut_layer(backbone, phase)
